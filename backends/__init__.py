@@ -1,0 +1,1 @@
+"""Built-in backends. Each registers under the `harness.backends` entry-point group."""

@@ -1,0 +1,100 @@
+"""One arm, start to finish: backend.train -> evaluate -> metrics, in a process of its own.
+
+Each arm runs in a fresh spawned process so that (a) a crash, OOM kill or stuck library in one
+arm never loses the others, (b) its peak memory is its own and measurable, and (c) the memory
+it used goes back to the system before the next arm starts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.backend import ModelSpec
+from harness.data import SuiteData
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class ArmJob:
+    name: str
+    backend: str
+    options: dict
+    model: ModelSpec
+    data: SuiteData
+    metrics: tuple[str, ...]
+    batch_tokens: int
+    workdir: str
+
+
+@dataclass
+class ArmOutcome:
+    ok: bool
+    metrics: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)
+    stats: object = None
+    eval_seconds: float = 0.0
+    eval_tokens: int = 0
+    artifact: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    traceback: str | None = None
+
+
+def run_arm(job: ArmJob) -> ArmOutcome:
+    """Train and evaluate one arm in this process."""
+    from harness import registry
+    from harness.evaluate import evaluate
+    from harness.metrics import compute_all
+
+    backend_cls = registry.get(job.backend)
+    backend = backend_cls(backend_cls.Options(**job.options))
+    workdir = Path(job.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = backend.train(job.model, job.data.train_data(), workdir)
+    out = evaluate(handle, job.data.test, job.data.task, job.batch_tokens, desc=f"{job.name} eval")
+    metrics = compute_all(list(job.metrics), out.rows, job.data.task.labels)
+    return ArmOutcome(ok=True, metrics=metrics, rows=out.rows, stats=handle.stats,
+                      eval_seconds=out.seconds, eval_tokens=out.tokens, artifact=handle.artifact_path)
+
+
+def _child(job: ArmJob, conn) -> None:
+    try:
+        outcome = run_arm(job)
+    except HarnessError as exc:
+        outcome = ArmOutcome(ok=False, error="; ".join(exc.lines()), exit_code=exc.exit_code,
+                             traceback=traceback.format_exc())
+    except MemoryError:
+        outcome = ArmOutcome(ok=False, error="out of memory", exit_code=6, traceback=traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - any bug in one arm must not lose the others
+        outcome = ArmOutcome(ok=False, error=f"{type(exc).__name__}: {exc}", exit_code=1,
+                             traceback=traceback.format_exc())
+    conn.send(outcome)
+    conn.close()
+
+
+def run_arm_isolated(job: ArmJob) -> ArmOutcome:
+    """Run `run_arm` in a spawned child; a child that dies becomes a failed outcome, not a crash."""
+    ctx = mp.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(job, child_conn), name=f"harness-arm-{job.name}")
+    process.start()
+    child_conn.close()
+    try:
+        outcome = parent_conn.recv()
+    except EOFError:
+        outcome = None
+    except KeyboardInterrupt:
+        process.terminate()
+        raise
+    process.join()
+    if outcome is None:
+        code = process.exitcode
+        why = f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        hint = " (the system may have run out of memory)" if code == -signal.SIGKILL else ""
+        outcome = ArmOutcome(ok=False, error=f"arm process died: {why}{hint}",
+                             exit_code=6 if hint else 1)
+    return outcome

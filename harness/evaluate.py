@@ -1,0 +1,239 @@
+"""Score one model handle on a split: log-likelihood of continuations and greedy generation.
+
+One pass per batch serves every metric. Every prompt of a split starts with the same tokens
+(chat header, system message, few-shot exemplars), so that shared prefix is run once and its
+key/value cache reused by every row. Each batch then runs the rows' own suffixes (right-padded),
+and from that state (a) scores each continuation (the label set, or the gold target) and
+(b) decodes greedily. Padding sits in the middle of the cache, masked out, with explicit
+position ids, so each row's numbers equal those of the row run alone (tested). We drive the
+decoding loop ourselves because `generate()` cannot reuse a shared prefix cache across a
+batch of different suffixes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+from harness.backend import Example, ModelHandle, TaskFormat
+from harness.metrics import exact_match_score
+from harness.progress import bar
+from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
+
+MAX_BATCH_ROWS = 64
+
+
+@dataclass
+class EvalOutput:
+    rows: list[dict]
+    seconds: float
+    tokens: int          # prompt + continuation + generated tokens run through the model
+
+
+def default_max_new_tokens(tokenizer, task: TaskFormat) -> int:
+    if task.max_new_tokens:
+        return task.max_new_tokens
+    if task.labels:
+        return max(len(encode_target(tokenizer, label)) for label in task.labels) + 1
+    return 64
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """Length of the longest shared token prefix, leaving at least one token in every sequence."""
+    first, limit = sequences[0], min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n
+
+
+def _parts(model):
+    """(backbone, lm_head) for a plain or PEFT-wrapped causal LM."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+class _Scorer:
+    """Holds the model pieces and the shared prefix cache for one split."""
+
+    def __init__(self, model, prefix: list[int]):
+        import torch
+
+        self.torch = torch
+        self.backbone, self.head = _parts(model)
+        self.device = _device(model)
+        self.prefix_len = len(prefix)
+        self.prefix_cache = None
+        if prefix:
+            ids = torch.tensor([prefix], device=self.device)
+            out = self.backbone(input_ids=ids, use_cache=True)
+            self.prefix_cache = out.past_key_values
+
+    def new_cache(self, rows: int):
+        from transformers import DynamicCache
+
+        if self.prefix_cache is None:
+            return DynamicCache()
+        cache = copy.deepcopy(self.prefix_cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    def step(self, ids, mask, positions, cache):
+        """Run new tokens on top of `cache`; returns hidden states (B, T, H)."""
+        out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True)
+        return out.last_hidden_state
+
+    def log_probs(self, hidden):
+        return self.torch.log_softmax(self.head(hidden).float(), dim=-1)
+
+
+def _batches(order: list[int], lengths: list[int], budget: int):
+    """Consecutive slices of `order` (sorted longest first) whose padded size fits the budget."""
+    batch, longest = [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if batch and (longest_if * (len(batch) + 1) > budget or len(batch) >= MAX_BATCH_ROWS):
+            yield batch
+            batch, longest_if = [], lengths[i]
+        batch.append(i)
+        longest = longest_if
+    if batch:
+        yield batch
+
+
+def evaluate(handle: ModelHandle, examples: tuple[Example, ...], task: TaskFormat,
+             batch_tokens: int = 4096, desc: str = "eval") -> EvalOutput:
+    import torch
+
+    tok = handle.tokenizer
+    start = time.perf_counter()
+    prompts = [encode_prompt(tok, render_prompt(tok, task, handle.context, ex)) for ex in examples]
+    if task.labels:
+        label_ids = [encode_target(tok, label) for label in task.labels]
+        continuations = [label_ids for _ in examples]
+    else:
+        continuations = [[encode_target(tok, ex.target)] for ex in examples]
+    prefix_len = common_prefix_length(prompts)
+    suffixes = [p[prefix_len:] for p in prompts]
+    max_new = default_max_new_tokens(tok, task)
+    stop_ids = {end_of_turn_id(tok), tok.eos_token_id}
+
+    rows: list[dict | None] = [None] * len(examples)
+    tokens = prefix_len
+    with torch.inference_mode():
+        scorer = _Scorer(handle.model, prompts[0][:prefix_len])
+        order = sorted(range(len(examples)), key=lambda i: -len(suffixes[i]))
+        lengths = [len(s) + max(len(c) for c in continuations[i]) + max_new for i, s in enumerate(suffixes)]
+        batches = list(_batches(order, lengths, batch_tokens))
+        for batch in bar(batches, desc=desc, unit="batch"):
+            out = _score_batch(scorer, [suffixes[i] for i in batch], [continuations[i] for i in batch],
+                               max_new, stop_ids, tok.pad_token_id)
+            for i, (cont_scores, generated, used) in zip(batch, out):
+                rows[i] = _row(examples[i], task, cont_scores, tok.decode(generated, skip_special_tokens=True))
+                tokens += used
+    return EvalOutput(rows=rows, seconds=time.perf_counter() - start, tokens=tokens)
+
+
+def _score_batch(scorer: _Scorer, suffixes, continuations, max_new, stop_ids, pad_id):
+    torch = scorer.torch
+    dev, n, P = scorer.device, len(suffixes), scorer.prefix_len
+    S = max(len(s) for s in suffixes)
+    lens = torch.tensor([len(s) for s in suffixes], device=dev)
+    ids = torch.full((n, S), pad_id, dtype=torch.long, device=dev)
+    for r, s in enumerate(suffixes):
+        ids[r, : len(s)] = torch.tensor(s)
+    mask = torch.cat([torch.ones(n, P, dtype=torch.long, device=dev),
+                      (torch.arange(S, device=dev)[None] < lens[:, None]).long()], dim=1)
+    positions = P + torch.arange(S, device=dev)[None].expand(n, S)
+    cache = scorer.new_cache(n)
+    hidden = scorer.step(ids, mask, positions, cache)
+    first = scorer.log_probs(hidden[torch.arange(n), lens - 1])            # (n, V)
+
+    scores = [[] for _ in range(n)]  # per row: (sum logprob, n tokens) for each continuation
+    for j in range(len(continuations[0])):
+        conts = [c[j] for c in continuations]
+        lp = _score_continuation(scorer, conts, first, mask, P + lens, cache, pad_id)
+        for r in range(n):
+            scores[r].append(lp[r])
+        _truncate(cache, P + S)
+
+    generated = _greedy(scorer, first, mask, P + lens, cache, max_new, stop_ids)
+    used = [len(s) + sum(len(c) for c in continuations[r]) + len(generated[r]) for r, s in enumerate(suffixes)]
+    return list(zip(scores, generated, used))
+
+
+def _truncate(cache, length: int) -> None:
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def _score_continuation(scorer, conts, first, mask, start_pos, cache, pad_id):
+    """Sum of log p(continuation | prompt) per row; the first token comes from `first`."""
+    torch = scorer.torch
+    n, dev = len(conts), scorer.device
+    firsts = torch.tensor([c[0] for c in conts], device=dev)
+    total = first[torch.arange(n), firsts].double()
+    longest = max(len(c) for c in conts)
+    if longest > 1:
+        rest = torch.full((n, longest - 1), pad_id, dtype=torch.long, device=dev)
+        targets = torch.full((n, longest - 1), -1, dtype=torch.long, device=dev)
+        for r, c in enumerate(conts):
+            rest[r, : len(c) - 1] = torch.tensor(c[:-1])
+            targets[r, : len(c) - 1] = torch.tensor(c[1:])
+        valid = targets >= 0
+        step_mask = torch.cat([mask, valid.long()], dim=1)
+        positions = start_pos[:, None] + torch.arange(longest - 1, device=dev)[None]
+        hidden = scorer.step(rest, step_mask, positions, cache)
+        lp = scorer.log_probs(hidden).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        total = total + (lp.double() * valid).sum(dim=1)
+    return [(float(total[r]), len(conts[r])) for r in range(n)]
+
+
+def _greedy(scorer, first, mask, start_pos, cache, max_new, stop_ids):
+    torch = scorer.torch
+    n, dev = first.shape[0], scorer.device
+    token = first.argmax(dim=-1)
+    out = [[] for _ in range(n)]
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    for step in range(max_new):
+        for r in range(n):
+            if not done[r]:
+                if int(token[r]) in stop_ids:
+                    done[r] = True
+                else:
+                    out[r].append(int(token[r]))
+        if bool(done.all()) or step == max_new - 1:
+            break
+        mask = torch.cat([mask, torch.ones(n, 1, dtype=torch.long, device=dev)], dim=1)
+        hidden = scorer.step(token[:, None], mask, (start_pos + step)[:, None], cache)
+        token = scorer.log_probs(hidden[:, -1]).argmax(dim=-1)
+    return out
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    for stop in stops:
+        if stop and stop in text:
+            text = text.split(stop, 1)[0]
+    return text.strip()
+
+
+def _row(example: Example, task: TaskFormat, cont_scores, generated: str) -> dict:
+    prediction = _cut_at_stop(generated, task.stop)
+    row = {"id": example.id, "prompt": example.prompt, "target": example.target,
+           "prediction": prediction, "exact_match": exact_match_score(prediction, example.target)}
+    if task.labels:
+        logprobs = {label: lp for label, (lp, _) in zip(task.labels, cont_scores)}
+        gold_lp, gold_n = cont_scores[task.labels.index(example.label)]
+        row.update(label=example.label, ll_prediction=max(logprobs, key=logprobs.get),
+                   label_logprobs=logprobs, target_nll=-gold_lp, target_tokens=gold_n)
+    else:
+        lp, count = cont_scores[0]
+        row.update(target_nll=-lp, target_tokens=count)
+    return row

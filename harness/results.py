@@ -1,0 +1,113 @@
+"""The results.json schema (versioned), and atomic read/write.
+
+results.json is the product: reports are pure views of it. Bump SCHEMA_VERSION on any change
+that a reader must know about, and describe the change in docs/results-schema.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.errors import UsageError
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricValue(Model):
+    value: float = Field(description="The metric over the whole test split.")
+    n: int = Field(description="Number of test examples it was computed on.")
+
+
+class Cost(Model):
+    train_seconds: float = Field(description="Wall time of training (0 for prompt arms).")
+    train_tokens: int = Field(description="Non-padding tokens run through training (all epochs).")
+    train_target_tokens: int = Field(description="Tokens that carried the loss.")
+    train_steps: int
+    peak_memory_bytes: int = Field(description="Peak resident memory of the arm's process through "
+                                               "loading and training (CPU), or peak GPU memory allocated.")
+    trainable_params: int
+    total_params: int
+    artifact_bytes: int = Field(description="Size of the saved adapter or weights (0 for prompt arms).")
+    eval_seconds: float = Field(description="Wall time of evaluating the test split.")
+    eval_tokens: int = Field(description="Tokens run through the model during evaluation.")
+
+
+class ArmResult(Model):
+    backend: str
+    options: dict
+    status: Literal["ok", "failed"]
+    error: str | None = None
+    exit_code: int | None = Field(None, description="Exit code class of the failure (README).")
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    cost: Cost | None = None
+    loss_curve: list[tuple[int, float]] = Field(default_factory=list)
+    artifact: str | None = Field(None, description="Adapter or weights directory, relative to the run.")
+    samples: str | None = Field(None, description="Per-example rows (JSONL), relative to the run.")
+
+
+class DataFile(Model):
+    source: str
+    sha256: str | None = Field(description="Hash of the file's bytes (None for hf: sources).")
+    examples: int
+
+
+class Results(Model):
+    schema_version: int = SCHEMA_VERSION
+    harness_version: str
+    created: str
+    suite: dict = Field(description="name, path, sha256, task, metrics, seed of the suite.")
+    model: dict = Field(description="ref, resolved path, train dtype.")
+    data: dict[str, DataFile]
+    metrics: dict[str, dict] = Field(description="Per metric: higher_is_better and the exact variant.")
+    environment: dict
+    arms: dict[str, ArmResult] = Field(default_factory=dict)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(results: Results, out_dir: Path) -> Path:
+    path = out_dir / RESULTS_FILE
+    atomic_write_text(path, results.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def write_samples(rows: list[dict], path: Path) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_results(run_dir: Path) -> Results:
+    path = run_dir / RESULTS_FILE if run_dir.is_dir() else run_dir
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read results ({exc})", "point at a run directory written by "
+                                                                 "harness compare") from None
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UsageError(f"{path}: results schema version {version}, this harness reads {SCHEMA_VERSION}",
+                         "re-render with the harness version that wrote it")
+    return Results(**raw)

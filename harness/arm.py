@@ -62,6 +62,10 @@ def run_arm(job: ArmJob) -> ArmOutcome:
 
 
 def _child(job: ArmJob, conn) -> None:
+    import warnings
+
+    # Libraries' deprecation notices about their own internals are not the user's business.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         outcome = run_arm(job)
     except HarnessError as exc:

@@ -89,7 +89,7 @@ def compare(suite_path: Path, out: Path | None, only: tuple[str, ...]):
     suite = load_suite(suite_path)
     arms = select_arms(suite, [n for item in only for n in item.split(",") if n])
     data = load_data(suite)
-    model = models.resolve(suite.model)
+    model = models.resolve(suite.model, suite.base_dir)
     out = out or default_out_dir(suite)
     click.echo(f"{suite.name}: {len(arms)} arms on {suite.model}, "
                f"{len(data.train)} train / {len(data.test)} test examples -> {out}", err=True)

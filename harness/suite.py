@@ -204,9 +204,8 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = Suite(**{**raw, "path": str(path.resolve())})
     except ValidationError as exc:
-        # backend options are checked above against each backend's own model, with better messages
-        problems = [p for p in _pydantic_problems(exc) if not p.startswith("backends.") or
-                    ".type" not in p] + problems
+        # pydantic sees only each arm's `type`; options were checked above by the backend's model
+        problems = _pydantic_problems(exc) + problems
     except TypeError as exc:
         problems.append(str(exc))
     if suite is not None:

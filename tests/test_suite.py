@@ -103,3 +103,10 @@ def test_cli_validate_ok(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(main, ["validate", str(make_suite(tmp_path, tiny_model_dir))])
     assert result.exit_code == 0, result.output
     assert "ok (5 arms" in result.output
+
+
+def test_arm_without_type_is_reported(tmp_path, tiny_model_dir):
+    path = make_suite(tmp_path, tiny_model_dir, backends="  a: {shots: 2}\n")
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    assert any(p.startswith("backends.a.type: Field required") for p in err.value.problems)

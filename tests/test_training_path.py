@@ -1,0 +1,52 @@
+"""The shared training call's inputs: the target-only batch gives exactly the textbook loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backends._sft import TargetOnlyCollator
+from harness import models
+from harness.backend import ModelSpec
+from harness.errors import RefusedArtifact
+
+
+def test_target_only_batch_loss_equals_per_row_full_logits_loss(tiny_model_dir):
+    model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    rows = [([5, 6, 7, 8, 9, 10, 11], 2), ([12, 13, 14], 1), ([20, 21, 22, 23, 24], 3)]
+    batch = TargetOnlyCollator(tok.pad_token_id)(
+        [{"input_ids": ids, "target_len": n} for ids, n in rows])
+    assert batch["logits_to_keep"] == 4 and batch["labels"].shape == (3, 4)
+    with torch.no_grad():
+        loss = model(**batch).loss
+        total, count = 0.0, 0
+        for ids, n in rows:   # textbook: full logits, unpadded, loss on the last n tokens only
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            logp = torch.log_softmax(logits[-n - 1:-1], dim=-1)
+            total -= float(logp.gather(-1, torch.tensor(ids[-n:])[:, None]).sum())
+            count += n
+    assert float(loss) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_left_padding_and_positions():
+    batch = TargetOnlyCollator(pad_id=0)([{"input_ids": [7, 8, 9], "target_len": 1},
+                                          {"input_ids": [4, 5], "target_len": 1}])
+    assert batch["input_ids"].tolist() == [[7, 8, 9], [0, 4, 5]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, 9], [-100, 5]]
+
+
+def test_pickle_only_model_directory_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    with pytest.raises(RefusedArtifact, match="only pickle weights"):
+        models.resolve(str(tmp_path))
+
+
+def test_relative_model_path_is_found_beside_the_suite(tmp_path, tiny_model_dir):
+    link = tmp_path / "models" / "tiny"
+    link.parent.mkdir()
+    link.symlink_to(tiny_model_dir)
+    spec = models.resolve("models/tiny", base_dir=tmp_path)
+    assert spec.path == str(link.resolve())

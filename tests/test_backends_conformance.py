@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from harness import registry
 from harness.backend import Example, ModelSpec, TaskFormat, TrainData
 from harness.evaluate import evaluate
+from harness.prompts import encode_target
 
 from .conftest import REVIEWS
 
@@ -71,7 +72,9 @@ def test_backend_conformance(name, tiny_model_dir, tmp_path, monkeypatch):
             assert torch.equal(model_weights[key], value), key
         return
 
-    assert stats.steps == 2 and stats.seconds > 0 and stats.tokens > 0 and stats.target_tokens > 0
+    assert stats.steps == 2 and stats.seconds > 0 and stats.tokens > 0
+    # 2 steps x 4 rows = exactly one pass over the 8 training examples
+    assert stats.target_tokens == sum(len(encode_target(handle.tokenizer, ex.target)) for ex in EXAMPLES[:8])
     assert 0 < stats.trainable_params <= stats.total_params and stats.artifact_bytes > 0
     assert len(stats.loss_curve) == 2 and all(math.isfinite(loss) for _, loss in stats.loss_curve)
     assert Path(handle.artifact_path).is_relative_to(workdir)

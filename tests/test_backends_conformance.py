@@ -63,7 +63,7 @@ def test_backend_conformance(name, tiny_model_dir, tmp_path, monkeypatch):
 
     stats = handle.stats
     assert stats.total_params > 0 and stats.peak_memory_bytes > 0
-    model_weights = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+    model_weights = {k.replace("base_model.model.", "").replace(".base_layer", ""): v.cpu()
                      for k, v in handle.model.state_dict().items()}
     if handle.artifact_path is None:                       # prompt arm: no weight changes
         assert len(handle.context) == 2

@@ -30,10 +30,10 @@ def handle(tiny_model_dir):
 def reference_logprob(model, tokenizer, task, shots, example, target):
     """log p(target + end of turn | prompt) from one plain full-sequence forward, no cache, no batch."""
     prompt, cont = encode_pair(tokenizer, task, shots, Example("x", example.prompt, target, target))
-    ids = torch.tensor([prompt + cont])
+    ids = torch.tensor([prompt + cont], device=model.device)
     with torch.no_grad():
         logits = model(input_ids=ids).logits.double()
-    logp = torch.log_softmax(logits[0, len(prompt) - 1:-1], dim=-1)
+    logp = torch.log_softmax(logits[0, len(prompt) - 1:-1], dim=-1).cpu()
     return float(logp.gather(-1, torch.tensor(cont)[:, None]).sum()), len(cont)
 
 
@@ -66,7 +66,8 @@ def test_greedy_matches_transformers_generate(handle):
     tok = handle.tokenizer
     out = evaluate(handle, EXAMPLES[:4], TASK, batch_tokens=10_000)
     for ex, row in zip(EXAMPLES[:4], out.rows):
-        prompt = tok(render_prompt(tok, TASK, (), ex), add_special_tokens=False, return_tensors="pt")
+        prompt = tok(render_prompt(tok, TASK, (), ex), add_special_tokens=False,
+                     return_tensors="pt").to(handle.model.device)
         with torch.no_grad():
             gen = handle.model.generate(**prompt, max_new_tokens=TASK.max_new_tokens, do_sample=False,
                                         eos_token_id=end_of_turn_id(tok), pad_token_id=tok.pad_token_id)

@@ -17,11 +17,12 @@ def test_target_only_batch_loss_equals_per_row_full_logits_loss(tiny_model_dir):
     batch = TargetOnlyCollator(tok.pad_token_id)(
         [{"input_ids": ids, "target_len": n} for ids, n in rows])
     assert batch["logits_to_keep"] == 4 and batch["labels"].shape == (3, 4)
+    batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     with torch.no_grad():
         loss = model(**batch).loss
         total, count = 0.0, 0
         for ids, n in rows:   # textbook: full logits, unpadded, loss on the last n tokens only
-            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].cpu()
             logp = torch.log_softmax(logits[-n - 1:-1], dim=-1)
             total -= float(logp.gather(-1, torch.tensor(ids[-n:])[:, None]).sum())
             count += n

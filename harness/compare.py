@@ -50,7 +50,7 @@ def environment(model: ModelSpec) -> dict:
     import importlib.metadata as md
 
     versions = {}
-    for package in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "torchmetrics"):
+    for package in ("torch", "transformers", "peft", "bitsandbytes", "datasets", "torchmetrics"):
         try:
             versions[package] = md.version(package)
         except md.PackageNotFoundError:

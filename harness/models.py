@@ -63,9 +63,10 @@ def resolve(ref: str, base_dir: Path | None = None) -> ModelSpec:
         local = Path(ref).expanduser()
         if base_dir is not None and not local.is_absolute() and (base_dir / local).exists():
             local = base_dir / local
-        path = str(local.resolve()) if local.exists() else ref
+        path = ref                      # not on disk: an HF model id
         if local.exists():
             refuse_unsafe_model_dir(local)
+            path = str(local.resolve())
     return ModelSpec(ref=ref, path=path, train_dtype=preferred_train_dtype())
 
 

@@ -86,7 +86,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 def make_suite(directory: Path, model_dir: Path, backends: str | None = None, extra: str = "") -> Path:
-    """A tiny classification suite on REVIEWS (train = first 8, test = last 4... plus all for variety)."""
+    """A tiny classification suite on REVIEWS: train = the first 8 reviews, test = the last 4 plus the first 2."""
     rows = [{"id": f"r{i}", "text": t, "label": y} for i, (t, y) in enumerate(REVIEWS)]
     write_jsonl(directory / "data" / "train.jsonl", rows[:8])
     write_jsonl(directory / "data" / "test.jsonl", rows[8:] + rows[:2])

@@ -33,7 +33,8 @@ def test_unknown_builtin_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def builtin_cache(tmp_path_factory):
-    """One conversion shared by the slow tests (HARNESS_CACHE=~/.cache/harness is reused if set)."""
+    """Where the slow tests convert the built-in model: a fresh temporary cache, so the fetch path
+    is exercised; set HARNESS_SLOW_CACHE to a directory to reuse a conversion between runs."""
     import os
 
     return Path(os.environ.get("HARNESS_SLOW_CACHE", tmp_path_factory.mktemp("builtin-cache")))

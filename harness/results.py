@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
 
 
@@ -25,8 +25,43 @@ class Model(BaseModel):
 
 
 class MetricValue(Model):
-    value: float = Field(description="The metric over the whole test split.")
-    n: int = Field(description="Number of test examples it was computed on.")
+    value: float = Field(description="The metric over the whole split.")
+    n: int = Field(description="Number of examples it was computed on.")
+    ci_low: float | None = Field(None, description="Lower end of the bootstrap confidence interval.")
+    ci_high: float | None = Field(None, description="Upper end of the bootstrap confidence interval.")
+
+
+class Comparison(Model):
+    """A paired comparison of this arm with another arm (or the base model) on the same examples."""
+
+    metric: str
+    against: str = Field(description="The other arm's name, or 'base' for the untouched base model.")
+    difference: float = Field(description="This arm's value minus the other's, in the metric's units.")
+    ci_low: float
+    ci_high: float
+    p_value: float = Field(description="Two-sided p-value of 'no difference'.")
+    test: Literal["mcnemar-exact", "paired-bootstrap"]
+    n: int
+    better: int | None = Field(None, description="0/1 metrics: examples only this arm gets right.")
+    worse: int | None = Field(None, description="0/1 metrics: examples only the other gets right.")
+
+
+class Changes(Model):
+    """Examples this arm fixed or broke relative to another arm, by a 0/1 per-example score."""
+
+    against: str
+    metric: str
+    fixed: list[str] = Field(description="Example ids right here and wrong in the other arm.")
+    broke: list[str] = Field(description="Example ids wrong here and right in the other arm.")
+
+
+class Forgetting(Model):
+    """The largest significant drop of a general metric against the base model (None if none)."""
+
+    metric: str | None = None
+    drop: float = Field(0.0, description="Worsening in the metric's units (>0 is worse); 0 if none.")
+    relative: bool = Field(False, description="True when drop is relative (perplexity), not absolute.")
+    p_value: float | None = None
 
 
 class Cost(Model):
@@ -50,10 +85,41 @@ class ArmResult(Model):
     error: str | None = None
     exit_code: int | None = Field(None, description="Exit code class of the failure (README).")
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    comparisons: list[Comparison] = Field(default_factory=list,
+                                          description="Task metrics vs zero-shot and the best prompt arm.")
+    changes: Changes | None = None
+    general: dict[str, MetricValue] = Field(default_factory=dict, description="General metrics, 'task/metric'.")
+    forgetting: list[Comparison] = Field(default_factory=list, description="General metrics vs the base model.")
+    forgetting_summary: Forgetting | None = None
     cost: Cost | None = None
     loss_curve: list[tuple[int, float]] = Field(default_factory=list)
     artifact: str | None = Field(None, description="Adapter or weights directory, relative to the run.")
     samples: str | None = Field(None, description="Per-example rows (JSONL), relative to the run.")
+    general_samples: str | None = Field(None, description="Per-item rows of the general tasks (JSONL).")
+
+
+class Decision(Model):
+    verdict: Literal["GO", "NO-GO", "INCONCLUSIVE"]
+    arm: str | None = Field(None, description="GO: the arm to fine-tune with.")
+    prompt_arm: str | None = Field(None, description="The prompt-only arm to keep using (NO-GO) or beaten.")
+    reasons: list[str] = Field(description="Each reason cites its numbers.")
+    needed_test_examples: int | None = Field(None, description="INCONCLUSIVE: roughly how many test "
+                                                               "examples would settle it.")
+    policy: dict = Field(description="The decision policy applied (suite's decision: section).")
+
+
+class GeneralTask(Model):
+    kind: Literal["multiple_choice", "short_answer", "perplexity", "lm_eval"]
+    source: str
+    sha256: str | None
+    examples: int
+
+
+class General(Model):
+    tasks: dict[str, GeneralTask]
+    metrics: dict[str, dict] = Field(description="Per 'task/metric': higher_is_better and variant.")
+    base: dict[str, MetricValue] = Field(default_factory=dict, description="The base model's scores.")
+    base_samples: str | None = None
 
 
 class DataFile(Model):
@@ -71,7 +137,11 @@ class Results(Model):
     data: dict[str, DataFile]
     metrics: dict[str, dict] = Field(description="Per metric: higher_is_better and the exact variant.")
     environment: dict
+    stats: dict = Field(default_factory=dict, description="confidence, resamples, seed and methods.")
+    general: General | None = None
     arms: dict[str, ArmResult] = Field(default_factory=dict)
+    best_prompt_arm: str | None = Field(None, description="Prompt-only arm best on the primary metric.")
+    decision: Decision | None = None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -152,10 +152,11 @@ def _prepare(model, peft_config, quantize_4bit: bool, options):
 
 def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_config=None,
               quantize_4bit: bool = False) -> ModelHandle:
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback, Trainer, set_seed
 
     from harness import models
 
+    set_seed(data.seed)   # before the adapter exists: LoRA's A matrices are drawn at creation
     model, tokenizer = models.load(spec, quantize_4bit=quantize_4bit, compute_dtype=spec.train_dtype)
     model = _prepare(model, peft_config, quantize_4bit, options)
     dataset = tokenize(tokenizer, data, options.max_length)

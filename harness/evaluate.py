@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 
 from harness.backend import Example, ModelHandle, TaskFormat
-from harness.metrics import exact_match_score
 from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
 
@@ -107,36 +106,56 @@ def _batches(order: list[int], lengths: list[int], budget: int):
         yield batch
 
 
-def evaluate(handle: ModelHandle, examples: tuple[Example, ...], task: TaskFormat,
-             batch_tokens: int = 4096, desc: str = "eval") -> EvalOutput:
+@dataclass(frozen=True)
+class Request:
+    """One prompt to run: continuations to score (token ids) and whether to decode greedily."""
+
+    prompt: list[int]
+    continuations: tuple[list[int], ...]
+
+
+def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int], pad_id: int,
+                 batch_tokens: int, desc: str) -> tuple[list[tuple[list, list[int]]], int]:
+    """Per request: ([(sum logprob, n tokens) per continuation], generated ids); and tokens run.
+
+    Every request must have the same number of continuations (0 is allowed: generation only).
+    """
     import torch
 
-    tok = handle.tokenizer
-    start = time.perf_counter()
-    prompts = [encode_prompt(tok, render_prompt(tok, task, handle.context, ex)) for ex in examples]
-    if task.labels:
-        label_ids = [encode_target(tok, label) for label in task.labels]
-        continuations = [label_ids for _ in examples]
-    else:
-        continuations = [[encode_target(tok, ex.target)] for ex in examples]
+    prompts = [r.prompt for r in requests]
     prefix_len = common_prefix_length(prompts)
     suffixes = [p[prefix_len:] for p in prompts]
-    max_new = default_max_new_tokens(tok, task)
-    stop_ids = {end_of_turn_id(tok), tok.eos_token_id}
-
-    rows: list[dict | None] = [None] * len(examples)
+    out: list = [None] * len(requests)
     tokens = prefix_len
     with torch.inference_mode():
-        scorer = _Scorer(handle.model, prompts[0][:prefix_len])
-        order = sorted(range(len(examples)), key=lambda i: -len(suffixes[i]))
-        lengths = [len(s) + max(len(c) for c in continuations[i]) + max_new for i, s in enumerate(suffixes)]
-        batches = list(_batches(order, lengths, batch_tokens))
-        for batch in bar(batches, desc=desc, unit="batch"):
-            out = _score_batch(scorer, [suffixes[i] for i in batch], [continuations[i] for i in batch],
-                               max_new, stop_ids, tok.pad_token_id)
-            for i, (cont_scores, generated, used) in zip(batch, out):
-                rows[i] = _row(examples[i], task, cont_scores, tok.decode(generated, skip_special_tokens=True))
+        scorer = _Scorer(model, prompts[0][:prefix_len])
+        order = sorted(range(len(requests)), key=lambda i: -len(suffixes[i]))
+        lengths = [len(s) + max((len(c) for c in requests[i].continuations), default=0) + max_new
+                   for i, s in enumerate(suffixes)]
+        for batch in bar(list(_batches(order, lengths, batch_tokens)), desc=desc, unit="batch"):
+            scored = _score_batch(scorer, [suffixes[i] for i in batch],
+                                  [requests[i].continuations for i in batch], max_new, stop_ids, pad_id)
+            for i, (cont_scores, generated, used) in zip(batch, scored):
+                out[i] = (cont_scores, generated)
                 tokens += used
+    return out, tokens
+
+
+def evaluate(handle: ModelHandle, examples: tuple[Example, ...], task: TaskFormat,
+             batch_tokens: int = 4096, desc: str = "eval") -> EvalOutput:
+    """Score the task's examples: the label set (classification) or the gold target, and decode."""
+    tok = handle.tokenizer
+    start = time.perf_counter()
+    if task.labels:
+        label_ids = tuple(encode_target(tok, label) for label in task.labels)
+    requests = [Request(encode_prompt(tok, render_prompt(tok, task, handle.context, ex)),
+                        label_ids if task.labels else (encode_target(tok, ex.target),))
+                for ex in examples]
+    stop_ids = {end_of_turn_id(tok), tok.eos_token_id}
+    scored, tokens = run_requests(handle.model, requests, default_max_new_tokens(tok, task), stop_ids,
+                                  tok.pad_token_id, batch_tokens, desc)
+    rows = [_row(ex, task, cont_scores, tok.decode(generated, skip_special_tokens=True))
+            for ex, (cont_scores, generated) in zip(examples, scored)]
     return EvalOutput(rows=rows, seconds=time.perf_counter() - start, tokens=tokens)
 
 
@@ -156,7 +175,7 @@ def _score_batch(scorer: _Scorer, suffixes, continuations, max_new, stop_ids, pa
     first = scorer.log_probs(hidden[torch.arange(n), lens - 1])            # (n, V)
 
     scores = [[] for _ in range(n)]  # per row: (sum logprob, n tokens) for each continuation
-    for j in range(len(continuations[0])):
+    for j in range(len(continuations[0])):  # the same count for every row
         conts = [c[j] for c in continuations]
         lp = _score_continuation(scorer, conts, first, mask, P + lens, cache, pad_id)
         for r in range(n):
@@ -217,7 +236,7 @@ def _greedy(scorer, first, mask, start_pos, cache, max_new, stop_ids):
     return out
 
 
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     for stop in stops:
         if stop and stop in text:
             text = text.split(stop, 1)[0]
@@ -225,9 +244,8 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
 
 
 def _row(example: Example, task: TaskFormat, cont_scores, generated: str) -> dict:
-    prediction = _cut_at_stop(generated, task.stop)
     row = {"id": example.id, "prompt": example.prompt, "target": example.target,
-           "prediction": prediction, "exact_match": exact_match_score(prediction, example.target)}
+           "prediction": cut_at_stop(generated, task.stop)}
     if task.labels:
         logprobs = {label: lp for label, (lp, _) in zip(task.labels, cont_scores)}
         gold_lp, gold_n = cont_scores[task.labels.index(example.label)]

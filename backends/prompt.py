@@ -46,6 +46,7 @@ def choose_shots(examples: tuple[Example, ...], k: int, labels, seed: int) -> tu
 
 class PromptBackend:
     name = "prompt"
+    trains = False          # the model is the base model: its general scores are the base's
     Options = PromptOptions
     needs_cuda = False
 

@@ -25,19 +25,21 @@ class ArmJob:
     options: dict
     model: ModelSpec
     data: SuiteData
-    metrics: tuple[str, ...]
     batch_tokens: int
     workdir: str
+    evaluate_test: bool = True       # the suite's test split
+    evaluate_general: bool = True    # the general tasks (the forgetting check)
 
 
 @dataclass
 class ArmOutcome:
     ok: bool
-    metrics: dict = field(default_factory=dict)
-    rows: list = field(default_factory=list)
+    rows: list = field(default_factory=list)                 # per test example
+    general_rows: dict = field(default_factory=dict)         # per general task: per item
     stats: object = None
     eval_seconds: float = 0.0
     eval_tokens: int = 0
+    general_seconds: float = 0.0
     artifact: str | None = None
     error: str | None = None
     exit_code: int | None = None
@@ -45,20 +47,28 @@ class ArmOutcome:
 
 
 def run_arm(job: ArmJob) -> ArmOutcome:
-    """Train and evaluate one arm in this process."""
+    """Train and evaluate one arm in this process: per-example rows out, no statistics here."""
+    import time
+
     from harness import registry
     from harness.evaluate import evaluate
-    from harness.metrics import compute_all
+    from harness.general import evaluate_general
 
     backend_cls = registry.get(job.backend)
     backend = backend_cls(backend_cls.Options(**job.options))
     workdir = Path(job.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     handle = backend.train(job.model, job.data.train_data(), workdir)
-    out = evaluate(handle, job.data.test, job.data.task, job.batch_tokens, desc=f"{job.name} eval")
-    metrics = compute_all(list(job.metrics), out.rows, job.data.task.labels)
-    return ArmOutcome(ok=True, metrics=metrics, rows=out.rows, stats=handle.stats,
-                      eval_seconds=out.seconds, eval_tokens=out.tokens, artifact=handle.artifact_path)
+    outcome = ArmOutcome(ok=True, stats=handle.stats, artifact=handle.artifact_path)
+    if job.evaluate_test:
+        out = evaluate(handle, job.data.test, job.data.task, job.batch_tokens, desc=f"{job.name} eval")
+        outcome.rows, outcome.eval_seconds, outcome.eval_tokens = out.rows, out.seconds, out.tokens
+    if job.evaluate_general and job.data.general:
+        start = time.perf_counter()
+        outcome.general_rows = evaluate_general(handle.model, handle.tokenizer, job.data.general,
+                                                job.batch_tokens)
+        outcome.general_seconds = time.perf_counter() - start
+    return outcome
 
 
 def _child(job: ArmJob, conn) -> None:

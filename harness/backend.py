@@ -4,6 +4,7 @@ A backend class has:
   name        registry key (equal to its file name)
   Options     pydantic model, extra="forbid", a description on every field
   needs_cuda  False for all four built-ins (bitsandbytes 0.50 runs 4-bit on CPU)
+  trains      optional, default True; False for prompt-only backends (the model is the base model)
   __init__(options: Options)
   train(model: ModelSpec, data: TrainData, workdir: Path) -> ModelHandle
 

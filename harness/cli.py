@@ -77,9 +77,11 @@ def backends():
 @click.argument("suite_path", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<suite>/<time>).")
 @click.option("--only", multiple=True, help="Run only these arms (repeatable, or comma-separated).")
+@click.option("--fail-on", type=click.Choice(["no-go", "inconclusive"]),
+              help="Exit 1 on this verdict: no-go (NO-GO or INCONCLUSIVE) or inconclusive (INCONCLUSIVE).")
 @handle_errors
-def compare(suite_path: Path, out: Path | None, only: tuple[str, ...]):
-    """Train and evaluate every arm of SUITE; write results.json and report.md."""
+def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: str | None):
+    """Train and evaluate every arm of SUITE; write results.json, report.md and report.html."""
     from harness import models
     from harness.compare import default_out_dir, run_compare, select_arms
     from harness.data import load_data
@@ -108,8 +110,16 @@ def compare(suite_path: Path, out: Path | None, only: tuple[str, ...]):
     from reports.markdown import metric_table
 
     click.echo("\n".join(metric_table(results)))
+    if results.decision:
+        d = results.decision
+        click.echo(f"\nVERDICT: {d.verdict}" + (f" (fine-tune with {d.arm})" if d.arm else
+                                                 f" (keep prompting with {d.prompt_arm})" if d.verdict == "NO-GO" else ""))
+        click.echo("\n".join(f"  - {reason}" for reason in d.reasons))
     if any(a.status != "ok" for a in results.arms.values()):
         sys.exit(5)
+    if results.decision and fail_on and (results.decision.verdict == "INCONCLUSIVE" or
+                                         (fail_on == "no-go" and results.decision.verdict == "NO-GO")):
+        sys.exit(1)
 
 
 @main.command()

@@ -12,13 +12,19 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from harness import __version__
+from harness import __version__, registry
+from harness.analysis import (annotate_task_comparisons, forgetting, general_values, general_with_scores,
+                              metric_values, with_scores)
 from harness.arm import ArmJob, ArmOutcome, run_arm_isolated
 from harness.backend import ModelSpec
 from harness.data import SPLITS, SuiteData
+from harness.decide import decide
 from harness.errors import UsageError
+from harness.general import general_metric_info
 from harness.metrics import METRICS
-from harness.results import ArmResult, Cost, DataFile, MetricValue, Results, write_results, write_samples
+from harness.results import (ArmResult, Cost, DataFile, General, GeneralTask, Results, write_results,
+                             write_samples)
+from harness.stats import StatsConfig
 from harness.suite import Suite
 
 
@@ -76,49 +82,122 @@ def new_results(suite: Suite, model: ModelSpec, data: SuiteData) -> Results:
     return Results(
         harness_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         suite={"name": suite.name, "path": suite.path, "sha256": _sha256(Path(suite.path)),
-               "task": task, "metrics": list(suite.metrics), "seed": suite.seed},
+               "task": task, "metrics": list(suite.metrics), "seed": suite.seed,
+               "primary_metric": suite.primary_metric, "decision": suite.decision.model_dump()},
         model={"ref": model.ref, "path": model.path, "train_dtype": model.train_dtype},
         data=files,
         metrics={m: {"higher_is_better": METRICS[m].higher_is_better, "variant": METRICS[m].variant}
                  for m in suite.metrics},
-        environment=environment(model))
+        environment=environment(model), general=_general_header(data))
 
 
-def arm_result(suite: Suite, name: str, outcome: ArmOutcome, n_test: int) -> ArmResult:
+def _general_header(data: SuiteData) -> General | None:
+    if data.general is None:
+        return None
+    tasks = {t.name: GeneralTask(kind=t.spec.kind, source=t.path, sha256=_sha256(Path(t.path)),
+                                 examples=len(t.items) - t.spec.shots) for t in data.general.tasks}
+    return General(tasks=tasks, metrics=general_metric_info(data.general))
+
+
+def stats_config(suite: Suite) -> StatsConfig:
+    return StatsConfig(confidence=suite.stats.confidence or suite.decision.confidence,
+                       resamples=suite.stats.resamples, seed=suite.seed)
+
+
+def arm_result(suite: Suite, name: str, outcome: ArmOutcome) -> ArmResult:
     spec = suite.backends[name]
-    base = {"backend": spec.type, "options": spec.options}
+    base = {"backend": spec.type, "options": spec.options, "trains": _trains(spec.type)}
     if not outcome.ok:
         return ArmResult(**base, status="failed", error=outcome.error, exit_code=outcome.exit_code)
     s = outcome.stats
     cost = Cost(train_seconds=round(s.seconds, 3), train_tokens=s.tokens, train_target_tokens=s.target_tokens,
                 train_steps=s.steps, peak_memory_bytes=s.peak_memory_bytes, trainable_params=s.trainable_params,
                 total_params=s.total_params, artifact_bytes=s.artifact_bytes,
-                eval_seconds=round(outcome.eval_seconds, 3), eval_tokens=outcome.eval_tokens)
-    return ArmResult(**base, status="ok", cost=cost, loss_curve=s.loss_curve,
-                     metrics={m: MetricValue(value=v, n=n_test) for m, v in outcome.metrics.items()},
-                     samples=f"samples/{name}.jsonl")
+                eval_seconds=round(outcome.eval_seconds, 3), eval_tokens=outcome.eval_tokens,
+                general_eval_seconds=round(outcome.general_seconds, 3))
+    return ArmResult(**base, status="ok", cost=cost, loss_curve=s.loss_curve, samples=f"samples/{name}.jsonl")
+
+
+def _trains(backend: str) -> bool:
+    return getattr(registry.get(backend), "trains", True)
+
+
+def _job(suite: Suite, data: SuiteData, model: ModelSpec, out_dir: Path, name: str, backend: str,
+         options: dict, test: bool, general: bool) -> ArmJob:
+    return ArmJob(name=name, backend=backend, options=options, model=model, data=data,
+                  batch_tokens=suite.eval.batch_tokens, workdir=str((out_dir / "arms" / name).resolve()),
+                  evaluate_test=test, evaluate_general=general)
+
+
+def _write_general_rows(rows_by_task: dict, path: Path, general) -> None:
+    write_samples(general_with_scores(general, rows_by_task), path)
+
+
+def _record_failure(out_dir: Path, name: str, outcome: ArmOutcome) -> None:
+    if outcome.traceback:
+        (out_dir / "arms" / name).mkdir(parents=True, exist_ok=True)
+        (out_dir / "arms" / name / "error.txt").write_text(outcome.traceback, encoding="utf-8")
+
+
+def run_base_general(suite, data, model, out_dir, results, runner, config) -> dict | None:
+    """The untouched base model on the general tasks, once per run; every arm is paired against it."""
+    if data.general is None:
+        return None
+    outcome = runner(_job(suite, data, model, out_dir, "base", "prompt", {"shots": 0}, False, True))
+    if not outcome.ok:
+        _record_failure(out_dir, "base", outcome)
+        raise UsageError(f"the base model failed on the general tasks: {outcome.error}",
+                         "fix the general set or run without general:")
+    results.general.base = general_values(data.general, outcome.general_rows, config)
+    results.general.base_samples = "samples/general/base.jsonl"
+    _write_general_rows(outcome.general_rows, out_dir / results.general.base_samples, data.general)
+    return outcome.general_rows
 
 
 def run_compare(suite: Suite, data: SuiteData, model: ModelSpec, out_dir: Path, arms: list[str],
                 on_arm: Callable[[str, ArmResult], None] = lambda *_: None,
                 runner: Callable[[ArmJob], ArmOutcome] = run_arm_isolated) -> Results:
+    config = stats_config(suite)
     results = new_results(suite, model, data)
+    results.stats = config.describe()
     write_results(results, out_dir)
+    base_general = run_base_general(suite, data, model, out_dir, results, runner, config)
+    prompt_arms = [n for n in suite.backends if not _trains(suite.backends[n].type)]
+    zero_shot = next((n for n in prompt_arms if not suite.backends[n].options.get("shots")), None)
+    rows: dict[str, list[dict]] = {}
     for name in arms:
         spec = suite.backends[name]
-        job = ArmJob(name=name, backend=spec.type, options=spec.options, model=model, data=data,
-                     metrics=tuple(suite.metrics), batch_tokens=suite.eval.batch_tokens,
-                     workdir=str((out_dir / "arms" / name).resolve()))
-        outcome = runner(job)
-        result = arm_result(suite, name, outcome, len(data.test))
-        if outcome.ok:
-            write_samples(outcome.rows, out_dir / result.samples)
-            if outcome.artifact:
-                result.artifact = Path(outcome.artifact).relative_to(out_dir.resolve()).as_posix()
-        elif outcome.traceback:
-            (out_dir / "arms" / name).mkdir(parents=True, exist_ok=True)
-            (out_dir / "arms" / name / "error.txt").write_text(outcome.traceback, encoding="utf-8")
+        trains = _trains(spec.type)
+        outcome = runner(_job(suite, data, model, out_dir, name, spec.type, spec.options, True,
+                              trains and data.general is not None))
+        result = arm_result(suite, name, outcome)
         results.arms[name] = result
+        if outcome.ok:
+            _publish_arm(suite, data, out_dir, name, outcome, result, rows, config,
+                         base_general if not trains else outcome.general_rows, base_general, results)
+        else:
+            _record_failure(out_dir, name, outcome)
+        annotate_task_comparisons(results, rows, data.task.labels, prompt_arms, zero_shot,
+                                  suite.primary_metric, config)
         write_results(results, out_dir)
         on_arm(name, result)
+    results.decision = decide(results)
+    write_results(results, out_dir)
     return results
+
+
+def _publish_arm(suite, data, out_dir, name, outcome, result, rows, config, general_rows, base_general,
+                 results) -> None:
+    metrics = {m: METRICS[m] for m in suite.metrics}
+    rows[name] = with_scores(list(suite.metrics), outcome.rows, data.task.labels)
+    write_samples(rows[name], out_dir / result.samples)
+    result.metrics = metric_values(metrics, outcome.rows, data.task.labels, config)
+    if outcome.artifact:
+        result.artifact = Path(outcome.artifact).relative_to(out_dir.resolve()).as_posix()
+    if general_rows is not None and base_general is not None:
+        result.general = general_values(data.general, general_rows, config)
+        result.general_samples = f"samples/general/{name}.jsonl"
+        _write_general_rows(general_rows, out_dir / result.general_samples, data.general)
+        result.forgetting, result.forgetting_summary = forgetting(
+            data.general, base_general, general_rows, results.general.base, config,
+            suite.decision.max_forgetting, suite.decision.max_perplexity_increase)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from harness.backend import Example, TaskFormat, TrainData
 from harness.errors import DataError
-from harness.suite import Suite
+from harness.general import GeneralSet, load_general_set, resolve_set_path
+from harness.suite import GeneralSpec, Suite
 
 SPLITS = ("train", "validation", "test")
 
@@ -26,6 +27,8 @@ class SuiteData:
     test: tuple[Example, ...]
     task: TaskFormat
     seed: int
+    general: GeneralSet | None = None            # the forgetting check's own tasks
+    general_spec: GeneralSpec | None = None      # as the suite wrote it (lm_eval tasks included)
 
     def train_data(self) -> TrainData:
         return TrainData(examples=self.train, task=self.task, seed=self.seed)
@@ -50,8 +53,11 @@ def load_data(suite: Suite) -> SuiteData:
                             f"{split} at another file")
         splits[split] = tuple(format_rows(rows, suite, where, split))
     test = splits["test"][: suite.eval.limit] if suite.eval.limit else splits["test"]
+    general = None
+    if suite.general and suite.general.set:
+        general = load_general_set(resolve_set_path(suite.general.set, suite.base_dir), suite.general.limit)
     return SuiteData(train=splits["train"], validation=splits["validation"], test=test,
-                     task=task_format(suite), seed=suite.seed)
+                     task=task_format(suite), seed=suite.seed, general=general, general_spec=suite.general)
 
 
 def read_rows(source: str, base_dir: Path) -> tuple[list[dict], str]:

@@ -45,6 +45,38 @@ class EvalSpec(Strict):
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
 
 
+class GeneralSpec(Strict):
+    """The forgetting check: general tasks scored for the base model and every arm."""
+
+    set: str | None = Field("default", description="General set YAML (relative to the suite), or default.")
+    lm_eval: list[str] = Field(default_factory=list, description="lm-evaluation-harness task names.")
+    lm_eval_include: str | None = Field(None, description="Directory of extra lm-eval task YAMLs.")
+    limit: int | None = Field(None, gt=0, description="Score only the first N items of each task.")
+
+
+class DecisionSpec(Strict):
+    """The go/no-go policy (harness/decide.py)."""
+
+    metric: str | None = Field(None, description="Primary task metric; default: the first of metrics.")
+    min_gain: float = Field(0.0, ge=0, description="Smallest gain over the best prompt arm worth training "
+                                                   "for, in the metric's units.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the intervals used to decide.")
+    max_forgetting: float = Field(0.02, ge=0, description="Largest tolerated significant drop of a general "
+                                                          "score (absolute, e.g. 0.02 = 2 points).")
+    max_perplexity_increase: float = Field(0.10, ge=0, description="Largest tolerated significant relative "
+                                                                   "rise of general perplexity.")
+    max_train_seconds: float | None = Field(None, gt=0, description="Arms that train longer are vetoed.")
+    max_peak_memory_gb: float | None = Field(None, gt=0, description="Arms that need more memory are vetoed.")
+    max_artifact_mb: float | None = Field(None, gt=0, description="Arms with a bigger artifact are vetoed.")
+    min_test_examples: int = Field(30, gt=0, description="Fewer test examples than this: INCONCLUSIVE.")
+
+
+class StatsSpec(Strict):
+    confidence: float | None = Field(None, gt=0.5, lt=1, description="Confidence of every reported "
+                                                                      "interval; default decision.confidence.")
+    resamples: int = Field(1000, ge=200, le=100000, description="Bootstrap resamples.")
+
+
 class BackendSpec(BaseModel):
     """`type` picks the backend; every other key is an option checked against its Options."""
 
@@ -65,6 +97,9 @@ class Suite(Strict):
     metrics: list[str] = Field(min_length=1)
     backends: dict[str, BackendSpec] = Field(min_length=1)
     eval: EvalSpec = EvalSpec()
+    general: GeneralSpec | None = Field(None, description="default, a general set file, or a mapping.")
+    decision: DecisionSpec = DecisionSpec()
+    stats: StatsSpec = StatsSpec()
     path: str = Field("", description="The suite file (filled in by load_suite).")
 
     @field_validator("backends")
@@ -76,9 +111,18 @@ class Suite(Strict):
                 raise ValueError(f"arm name {name!r} may use letters, digits, '_', '-', '.' only")
         return value
 
+    @field_validator("general", mode="before")
+    @classmethod
+    def _general_shorthand(cls, value):
+        return {"set": value} if isinstance(value, str) else value
+
     @property
     def base_dir(self) -> Path:
         return Path(self.path).parent
+
+    @property
+    def primary_metric(self) -> str:
+        return self.decision.metric or self.metrics[0]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -190,6 +234,13 @@ def _path_problems(suite: Suite) -> list[str]:
         problems.append("task.labels: a classification task needs its label set, e.g. [negative, positive]")
     if suite.task.labels and len(set(suite.task.labels)) != len(suite.task.labels):
         problems.append(f"task.labels: labels repeat ({suite.task.labels})")
+    if suite.decision.metric and suite.decision.metric not in suite.metrics:
+        problems.append(f"decision.metric: {suite.decision.metric!r} is not one of metrics {suite.metrics}")
+    if suite.general and suite.general.set:
+        from harness.general import resolve_set_path
+
+        if not resolve_set_path(suite.general.set, suite.base_dir).exists():
+            problems.append(f"general.set: file {suite.general.set!r} not found (relative to the suite file)")
     return problems
 
 

@@ -107,3 +107,36 @@ def make_suite(directory: Path, model_dir: Path, backends: str | None = None, ex
         "metrics: [accuracy, macro_f1, exact_match, perplexity]\n"
         f"backends:\n{backends}{extra}", encoding="utf-8")
     return path
+
+
+GENERAL_MC = [
+    ("Which is a colour?", ["red", "table", "seven", "run"], 0),
+    ("Which animal barks?", ["cat", "dog", "fish", "bird"], 1),
+    ("What is two plus two?", ["three", "five", "four", "six"], 2),
+    ("Which is a fruit?", ["car", "stone", "chair", "apple"], 3),
+    ("Which one is hot?", ["fire", "snow", "ice", "rain"], 0),
+    ("Which is a day of the week?", ["June", "Monday", "winter", "noon"], 1),
+    ("Which word means big?", ["small", "thin", "large", "quiet"], 2),
+    ("Which is a planet?", ["Moon", "Sun", "comet", "Mars"], 3),
+]
+GENERAL_SA = [("What colour is the sky?", "blue"), ("How many legs has a cat?", "4"),
+              ("What is the opposite of hot?", "cold"), ("What do bees make?", "honey"),
+              ("What is one plus one?", "2"), ("What colour is grass?", "green"),
+              ("What is frozen water called?", "ice"), ("What do cows drink?", "water")]
+GENERAL_TEXT = ["The staff were kind and the room was quiet.", "The food arrived cold and the plot was boring.",
+                "Fast delivery and the quality is excellent, works exactly as described.",
+                "A delightful book: friendly hosts, great value and a spotless room."]
+
+
+def write_general_set(directory: Path) -> Path:
+    """A small general set (8 multiple-choice, 2+6 short-answer, 4 paragraphs) in `directory`."""
+    write_jsonl(directory / "mc.jsonl", [{"id": f"mc{i}", "question": q, "choices": c, "answer": a}
+                                         for i, (q, c, a) in enumerate(GENERAL_MC)])
+    write_jsonl(directory / "sa.jsonl", [{"id": f"sa{i}", "question": q, "answer": a, "aliases": []}
+                                         for i, (q, a) in enumerate(GENERAL_SA)])
+    write_jsonl(directory / "text.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(GENERAL_TEXT)])
+    path = directory / "general.yaml"
+    path.write_text("tasks:\n  mc: {kind: multiple_choice, data: mc.jsonl}\n"
+                    "  sa: {kind: short_answer, data: sa.jsonl, shots: 2, max_new_tokens: 4}\n"
+                    "  text: {kind: perplexity, data: text.jsonl}\n", encoding="utf-8")
+    return path

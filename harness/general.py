@@ -1,0 +1,200 @@
+"""The forgetting check's general tasks: multiple choice, short answer and plain-text perplexity.
+
+A general set is a YAML file naming its tasks (suites/general/default.yaml ships with the project):
+
+    tasks:
+      knowledge: {kind: multiple_choice, data: mc.jsonl}
+      short_answer: {kind: short_answer, data: short_answer.jsonl, shots: 3}
+      text: {kind: perplexity, data: paragraphs.jsonl}
+
+Scoring, identical for the base model and every arm:
+- multiple_choice: the question as the user turn of the chat template; each choice scored as the
+  assistant's reply by log-likelihood; accuracy (argmax of the sum) and accuracy_norm (argmax of
+  the sum divided by the choice's length in UTF-8 bytes, as lm-evaluation-harness's acc_norm).
+- short_answer: greedy answer after the first `shots` items as fixed exemplars (not scored),
+  exact match (SQuAD v1.1 normalisation) against the answer or any alias.
+- perplexity: each paragraph as plain text (no chat template), every token after the first
+  scored given the ones before it; token-weighted perplexity over the paragraphs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.backend import Example, TaskFormat
+from harness.errors import DataError
+from harness.evaluate import Request, cut_at_stop, run_requests
+from harness.metrics import METRICS, Metric, mean_metric
+from harness.prompts import encode_prompt, end_of_turn_id, render_prompt
+
+SA_SYSTEM = "Answer the question with just the answer: a word, a name or a number."
+
+REQUIRED = {"multiple_choice": ("question", "choices", "answer"),
+            "short_answer": ("question", "answer"), "perplexity": ("text",)}
+
+
+class GeneralTaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["multiple_choice", "short_answer", "perplexity"]
+    data: str = Field(description="JSONL file, relative to the general set's YAML file.")
+    shots: int = Field(0, ge=0, le=8, description="short_answer: leading items used as exemplars.")
+    max_new_tokens: int = Field(16, gt=0, le=256)
+
+
+class GeneralSetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tasks: dict[str, GeneralTaskSpec] = Field(min_length=1)
+
+
+_MC = ("multiple_choice",)
+TASK_METRICS: dict[str, dict[str, Metric]] = {
+    "multiple_choice": {
+        "accuracy": mean_metric("accuracy", _MC, "log-likelihood choice (sum over the choice's tokens)",
+                                lambda r: float(r["ll_prediction"] == r["label"]), binary=True),
+        "accuracy_norm": mean_metric("accuracy_norm", _MC, "log-likelihood choice divided by the choice's "
+                                     "UTF-8 bytes (lm-eval acc_norm)",
+                                     lambda r: float(r["norm_prediction"] == r["label"]), binary=True)},
+    "short_answer": {"exact_match": replace(METRICS["exact_match"], variant=(
+        "greedy answer after the fixed exemplars vs answer or alias, SQuAD v1.1 normalisation"))},
+    "perplexity": {"perplexity": replace(METRICS["perplexity"], variant=(
+        "exp(token-weighted NLL of every token after the first, plain text, no chat template)"))},
+}
+
+
+@dataclass(frozen=True)
+class GeneralTask:
+    name: str
+    spec: GeneralTaskSpec
+    path: str
+    items: tuple[dict, ...]
+
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        return TASK_METRICS[self.spec.kind]
+
+
+@dataclass(frozen=True)
+class GeneralSet:
+    path: str
+    tasks: tuple[GeneralTask, ...]
+
+    def metric_keys(self) -> dict[str, Metric]:
+        """'task/metric' -> Metric, in a stable order."""
+        return {f"{t.name}/{m}": metric for t in self.tasks for m, metric in t.metrics.items()}
+
+
+def resolve_set_path(name: str, suite_dir: Path) -> Path:
+    """`default` is general/default.yaml beside the suite, else the one shipped with the project."""
+    if name != "default":
+        return suite_dir / name
+    beside = suite_dir / "general" / "default.yaml"
+    shipped = Path(__file__).resolve().parents[1] / "suites" / "general" / "default.yaml"
+    return beside if beside.exists() else shipped
+
+
+def load_general_set(path: Path, limit: int | None = None) -> GeneralSet:
+    from harness.suite import read_yaml
+
+    raw = read_yaml(path)
+    try:
+        spec = GeneralSetSpec(**(raw if isinstance(raw, dict) else {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise DataError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                        "see the general set format in the README") from None
+    tasks = tuple(GeneralTask(name, task, str(path.parent / task.data),
+                              _read_items(path.parent / task.data, task.kind)[: limit or None])
+                  for name, task in spec.tasks.items())
+    for task in tasks:
+        if len(task.items) <= task.spec.shots:
+            raise DataError(f"{task.path}: {len(task.items)} items, fewer than shots + 1")
+    return GeneralSet(path=str(path), tasks=tasks)
+
+
+def _read_items(path: Path, kind: str) -> tuple[dict, ...]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read general task data ({exc.strerror})") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+        missing = [f for f in REQUIRED[kind] if not isinstance(item, dict) or f not in item]
+        if missing:
+            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)} for a {kind} item")
+        if kind == "multiple_choice" and not 0 <= int(item["answer"]) < len(item["choices"]):
+            raise DataError(f"{path}:{number}: answer {item['answer']} is not an index into choices")
+        items.append({"id": str(item.get("id", f"{path.stem}-{number}")), **item})
+    return tuple(items)
+
+
+# -- evaluation -----------------------------------------------------------------------------------------
+
+def evaluate_general(model, tokenizer, general: GeneralSet, batch_tokens: int) -> dict[str, list[dict]]:
+    """Rows per task for one model (an adapter, if any, applied)."""
+    runners = {"multiple_choice": _multiple_choice, "short_answer": _short_answer, "perplexity": _perplexity}
+    return {task.name: runners[task.spec.kind](model, tokenizer, task, batch_tokens) for task in general.tasks}
+
+
+def _chat_prompt(tokenizer, question: str, shots=(), system=None) -> list[int]:
+    task = TaskFormat(kind="generation", system=system, labels=None, max_new_tokens=None, stop=())
+    return encode_prompt(tokenizer, render_prompt(tokenizer, task, shots, Example("q", question, "")))
+
+
+def _multiple_choice(model, tokenizer, task: GeneralTask, batch_tokens: int) -> list[dict]:
+    width = max(len(item["choices"]) for item in task.items)
+    requests = []
+    for item in task.items:
+        choices = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item["choices"]]
+        choices += [choices[0]] * (width - len(choices))   # pad to a common count; padding is ignored
+        requests.append(Request(_chat_prompt(tokenizer, item["question"]), tuple(choices)))
+    scored, _ = run_requests(model, requests, 0, set(), tokenizer.pad_token_id, batch_tokens, task.name)
+    rows = []
+    for item, (scores, _) in zip(task.items, scored):
+        logprobs = [lp for lp, _ in scores[: len(item["choices"])]]
+        normed = [lp / max(1, len(c.encode("utf-8"))) for lp, c in zip(logprobs, item["choices"])]
+        rows.append({"id": item["id"], "task": task.name, "label": str(int(item["answer"])),
+                     "ll_prediction": str(max(range(len(logprobs)), key=logprobs.__getitem__)),
+                     "norm_prediction": str(max(range(len(normed)), key=normed.__getitem__)),
+                     "choice_logprobs": logprobs})
+    return rows
+
+
+def _short_answer(model, tokenizer, task: GeneralTask, batch_tokens: int) -> list[dict]:
+    shots = tuple(Example(i["id"], i["question"], i["answer"]) for i in task.items[: task.spec.shots])
+    scored_items = task.items[task.spec.shots:]
+    requests = [Request(_chat_prompt(tokenizer, item["question"], shots, SA_SYSTEM), ())
+                for item in scored_items]
+    stop_ids = {end_of_turn_id(tokenizer), tokenizer.eos_token_id}
+    out, _ = run_requests(model, requests, task.spec.max_new_tokens, stop_ids, tokenizer.pad_token_id,
+                          batch_tokens, task.name)
+    return [{"id": item["id"], "task": task.name, "prompt": item["question"], "target": item["answer"],
+             "aliases": list(item.get("aliases", [])),
+             "prediction": cut_at_stop(tokenizer.decode(generated, skip_special_tokens=True), ("\n",))}
+            for item, (_, generated) in zip(scored_items, out)]
+
+
+def _perplexity(model, tokenizer, task: GeneralTask, batch_tokens: int) -> list[dict]:
+    requests = []
+    for item in task.items:
+        ids = tokenizer(item["text"], add_special_tokens=False)["input_ids"]
+        requests.append(Request(ids[:1], (ids[1:],)))
+    scored, _ = run_requests(model, requests, 0, set(), tokenizer.pad_token_id, batch_tokens, task.name)
+    return [{"id": item["id"], "task": task.name, "target_nll": -scores[0][0], "target_tokens": scores[0][1]}
+            for item, (scores, _) in zip(task.items, scored)]
+
+
+def general_metric_info(general: GeneralSet) -> dict[str, dict]:
+    return {key: {"higher_is_better": m.higher_is_better, "variant": m.variant}
+            for key, m in general.metric_keys().items()}
+

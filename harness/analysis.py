@@ -22,7 +22,8 @@ def general_with_scores(general: GeneralSet, rows_by_task: dict[str, list[dict]]
     out = []
     for task in general.tasks:
         rows = rows_by_task[task.name]
-        columns = {m: metric.stats(rows, None)[:, 0] for m, metric in task.metrics.items() if metric.per_example}
+        columns = {m: metric.stats(rows, None)[:, 0] for m, metric in task.metrics(rows).items()
+                   if metric.per_example}
         out += [{**row, "scores": {m: float(c[i]) for m, c in columns.items()}} for i, row in enumerate(rows)]
     return out
 
@@ -35,7 +36,7 @@ def metric_values(metrics: dict[str, Metric], rows: list[dict], labels, config: 
 def general_values(general: GeneralSet, rows_by_task: dict[str, list[dict]], config: StatsConfig) -> dict:
     values = {}
     for task in general.tasks:
-        for name, metric in task.metrics.items():
+        for name, metric in task.metrics(rows_by_task[task.name]).items():
             stats = metric.stats(rows_by_task[task.name], None)
             values[f"{task.name}/{name}"] = MetricValue(**interval(metric, stats, config))
     return values
@@ -111,7 +112,7 @@ def forgetting(general: GeneralSet, base_rows: dict, arm_rows: dict, base_values
     """
     comparisons, worst, severity = [], Forgetting(), 0.0
     for task in general.tasks:
-        for name, metric in task.metrics.items():
+        for name, metric in task.metrics(base_rows[task.name]).items():
             key = f"{task.name}/{name}"
             comparison = _compare(metric, key, arm_rows[task.name], base_rows[task.name], None, "base", config)
             comparisons.append(comparison)

@@ -27,6 +27,7 @@ class ArmJob:
     data: SuiteData
     batch_tokens: int
     workdir: str
+    eval_bf16: bool = False          # bf16 autocast during evaluation
     evaluate_test: bool = True       # the suite's test split
     evaluate_general: bool = True    # the general tasks (the forgetting check)
 
@@ -61,12 +62,13 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     handle = backend.train(job.model, job.data.train_data(), workdir)
     outcome = ArmOutcome(ok=True, stats=handle.stats, artifact=handle.artifact_path)
     if job.evaluate_test:
-        out = evaluate(handle, job.data.test, job.data.task, job.batch_tokens, desc=f"{job.name} eval")
+        out = evaluate(handle, job.data.test, job.data.task, job.batch_tokens, desc=f"{job.name} eval",
+                       bf16=job.eval_bf16)
         outcome.rows, outcome.eval_seconds, outcome.eval_tokens = out.rows, out.seconds, out.tokens
     if job.evaluate_general and job.data.general:
         start = time.perf_counter()
         outcome.general_rows = evaluate_general(handle.model, handle.tokenizer, job.data.general,
-                                                job.batch_tokens)
+                                                job.batch_tokens, job.eval_bf16)
         outcome.general_seconds = time.perf_counter() - start
     return outcome
 

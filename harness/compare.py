@@ -52,7 +52,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def environment(model: ModelSpec) -> dict:
+def environment(model: ModelSpec, eval_bf16: bool) -> dict:
     import importlib.metadata as md
 
     versions = {}
@@ -66,7 +66,7 @@ def environment(model: ModelSpec) -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     return {"python": sys.version.split()[0], "platform": platform.platform(), "device": device,
             "cpu_threads": torch.get_num_threads(), "train_dtype": model.train_dtype,
-            "eval_dtype": "float32", "versions": versions}
+            "eval_dtype": "bfloat16 autocast (fp32 weights)" if eval_bf16 else "float32", "versions": versions}
 
 
 def new_results(suite: Suite, model: ModelSpec, data: SuiteData) -> Results:
@@ -88,15 +88,16 @@ def new_results(suite: Suite, model: ModelSpec, data: SuiteData) -> Results:
         data=files,
         metrics={m: {"higher_is_better": METRICS[m].higher_is_better, "variant": METRICS[m].variant}
                  for m in suite.metrics},
-        environment=environment(model), general=_general_header(data))
+        environment=environment(model, suite.eval_bf16(model.train_dtype)), general=_general_header(data))
 
 
 def _general_header(data: SuiteData) -> General | None:
     if data.general is None:
         return None
-    tasks = {t.name: GeneralTask(kind=t.spec.kind, source=t.path, sha256=_sha256(Path(t.path)),
-                                 examples=len(t.items) - t.spec.shots) for t in data.general.tasks}
-    return General(tasks=tasks, metrics=general_metric_info(data.general))
+    tasks = {t.name: GeneralTask(kind=t.spec.kind, source=t.path, examples=len(t.items) - t.spec.shots,
+                                 sha256=None if t.spec.kind == "lm_eval" else _sha256(Path(t.path)))
+             for t in data.general.tasks}
+    return General(tasks=tasks, metrics={})
 
 
 def stats_config(suite: Suite) -> StatsConfig:
@@ -126,7 +127,7 @@ def _job(suite: Suite, data: SuiteData, model: ModelSpec, out_dir: Path, name: s
          options: dict, test: bool, general: bool) -> ArmJob:
     return ArmJob(name=name, backend=backend, options=options, model=model, data=data,
                   batch_tokens=suite.eval.batch_tokens, workdir=str((out_dir / "arms" / name).resolve()),
-                  evaluate_test=test, evaluate_general=general)
+                  evaluate_test=test, evaluate_general=general, eval_bf16=suite.eval_bf16(model.train_dtype))
 
 
 def _write_general_rows(rows_by_task: dict, path: Path, general) -> None:
@@ -148,6 +149,9 @@ def run_base_general(suite, data, model, out_dir, results, runner, config) -> di
         _record_failure(out_dir, "base", outcome)
         raise UsageError(f"the base model failed on the general tasks: {outcome.error}",
                          "fix the general set or run without general:")
+    results.general.metrics = general_metric_info(data.general, outcome.general_rows)
+    for name, rows in outcome.general_rows.items():   # lm-eval tasks: documents known only now
+        results.general.tasks[name].examples = len(rows)
     results.general.base = general_values(data.general, outcome.general_rows, config)
     results.general.base_samples = "samples/general/base.jsonl"
     _write_general_rows(outcome.general_rows, out_dir / results.general.base_samples, data.general)

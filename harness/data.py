@@ -14,8 +14,8 @@ from pathlib import Path
 
 from harness.backend import Example, TaskFormat, TrainData
 from harness.errors import DataError
-from harness.general import GeneralSet, load_general_set, resolve_set_path
-from harness.suite import GeneralSpec, Suite
+from harness.general import GeneralSet, lm_eval_tasks, load_general_set, resolve_set_path
+from harness.suite import Suite
 
 SPLITS = ("train", "validation", "test")
 
@@ -27,8 +27,7 @@ class SuiteData:
     test: tuple[Example, ...]
     task: TaskFormat
     seed: int
-    general: GeneralSet | None = None            # the forgetting check's own tasks
-    general_spec: GeneralSpec | None = None      # as the suite wrote it (lm_eval tasks included)
+    general: GeneralSet | None = None            # the forgetting check's tasks (lm-eval's included)
 
     def train_data(self) -> TrainData:
         return TrainData(examples=self.train, task=self.task, seed=self.seed)
@@ -53,11 +52,21 @@ def load_data(suite: Suite) -> SuiteData:
                             f"{split} at another file")
         splits[split] = tuple(format_rows(rows, suite, where, split))
     test = splits["test"][: suite.eval.limit] if suite.eval.limit else splits["test"]
-    general = None
-    if suite.general and suite.general.set:
-        general = load_general_set(resolve_set_path(suite.general.set, suite.base_dir), suite.general.limit)
     return SuiteData(train=splits["train"], validation=splits["validation"], test=test,
-                     task=task_format(suite), seed=suite.seed, general=general, general_spec=suite.general)
+                     task=task_format(suite), seed=suite.seed, general=load_general(suite))
+
+
+def load_general(suite: Suite) -> GeneralSet | None:
+    spec = suite.general
+    if spec is None:
+        return None
+    tasks = ()
+    if spec.set:
+        path = resolve_set_path(spec.set, suite.base_dir)
+        tasks = load_general_set(path, spec.limit).tasks
+    include = str(suite.base_dir / spec.lm_eval_include) if spec.lm_eval_include else None
+    tasks += lm_eval_tasks(spec.lm_eval, include, spec.limit)
+    return GeneralSet(path=spec.set or "", tasks=tasks) if tasks else None
 
 
 def read_rows(source: str, base_dir: Path) -> tuple[list[dict], str]:

@@ -108,10 +108,6 @@ def decide(results: Results) -> Decision:
     if not trained:
         return verdict("INCONCLUSIVE", ["no trained arm finished"])
     n = results.arms[prompt_arm].metrics[metric].n
-    if n < policy.get("min_test_examples", 30):
-        return verdict("INCONCLUSIVE", [f"only {n} test examples (policy min_test_examples "
-                                        f"{policy.get('min_test_examples')}): too few to decide"],
-                       needed=policy.get("min_test_examples"))
     higher = results.metrics[metric]["higher_is_better"]
     reasons, winners, losers, open_ = [], [], [], []
     for name, arm in trained.items():
@@ -130,6 +126,10 @@ def decide(results: Results) -> Decision:
     failed = [n for n, a in results.arms.items() if a.status != "ok"]
     if failed:
         reasons.append(f"failed arms, not considered: {', '.join(failed)}")
+    if n < policy.get("min_test_examples", 30):
+        return verdict("INCONCLUSIVE", [f"only {n} test examples (policy min_test_examples "
+                                        f"{policy.get('min_test_examples')}): too few to decide", *reasons],
+                       needed=policy.get("min_test_examples"))
     if winners:
         arm, why = _cheapest_good(results, winners, metric, alpha)
         return verdict("GO", [why, *reasons], arm=arm)

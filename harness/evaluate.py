@@ -115,10 +115,12 @@ class Request:
 
 
 def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int], pad_id: int,
-                 batch_tokens: int, desc: str) -> tuple[list[tuple[list, list[int]]], int]:
+                 batch_tokens: int, desc: str, bf16: bool = False) -> tuple[list[tuple[list, list[int]]], int]:
     """Per request: ([(sum logprob, n tokens) per continuation], generated ids); and tokens run.
 
     Every request must have the same number of continuations (0 is allowed: generation only).
+    bf16: matmuls under bf16 autocast, weights kept as they are (fp32): a full fine-tune's small
+    weight updates would be rounded away by casting the weights themselves to bf16.
     """
     import torch
 
@@ -127,7 +129,8 @@ def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int
     suffixes = [p[prefix_len:] for p in prompts]
     out: list = [None] * len(requests)
     tokens = prefix_len
-    with torch.inference_mode():
+    device_type = _device(model).type
+    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         scorer = _Scorer(model, prompts[0][:prefix_len])
         order = sorted(range(len(requests)), key=lambda i: -len(suffixes[i]))
         lengths = [len(s) + max((len(c) for c in requests[i].continuations), default=0) + max_new
@@ -142,7 +145,7 @@ def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int
 
 
 def evaluate(handle: ModelHandle, examples: tuple[Example, ...], task: TaskFormat,
-             batch_tokens: int = 4096, desc: str = "eval") -> EvalOutput:
+             batch_tokens: int = 4096, desc: str = "eval", bf16: bool = False) -> EvalOutput:
     """Score the task's examples: the label set (classification) or the gold target, and decode."""
     tok = handle.tokenizer
     start = time.perf_counter()
@@ -153,7 +156,7 @@ def evaluate(handle: ModelHandle, examples: tuple[Example, ...], task: TaskForma
                 for ex in examples]
     stop_ids = {end_of_turn_id(tok), tok.eos_token_id}
     scored, tokens = run_requests(handle.model, requests, default_max_new_tokens(tok, task), stop_ids,
-                                  tok.pad_token_id, batch_tokens, desc)
+                                  tok.pad_token_id, batch_tokens, desc, bf16)
     rows = [_row(ex, task, cont_scores, tok.decode(generated, skip_special_tokens=True))
             for ex, (cont_scores, generated) in zip(examples, scored)]
     return EvalOutput(rows=rows, seconds=time.perf_counter() - start, tokens=tokens)

@@ -13,6 +13,8 @@ Scoring, identical for the base model and every arm:
   the sum divided by the choice's length in UTF-8 bytes, as lm-evaluation-harness's acc_norm).
 - short_answer: greedy answer after the first `shots` items as fixed exemplars (not scored),
   exact match (SQuAD v1.1 normalisation) against the answer or any alias.
+- lm_eval: a task of lm-evaluation-harness's registry (or an include directory), run through
+  harness/lm_eval_bridge.py on the same loaded model, scored per document by lm-eval.
 - perplexity: each paragraph as plain text (no chat template), every token after the first
   scored given the ones before it; token-weighted perplexity over the paragraphs.
 """
@@ -40,8 +42,11 @@ REQUIRED = {"multiple_choice": ("question", "choices", "answer"),
 
 class GeneralTaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["multiple_choice", "short_answer", "perplexity"]
-    data: str = Field(description="JSONL file, relative to the general set's YAML file.")
+    kind: Literal["multiple_choice", "short_answer", "perplexity", "lm_eval"]
+    data: str = Field(description="JSONL file, relative to the general set's YAML file (lm_eval: the "
+                                   "lm-evaluation-harness task name).")
+    include: str | None = Field(None, description="lm_eval: a directory of extra task YAMLs.")
+    limit: int | None = Field(None, gt=0, description="lm_eval: score only the first N documents.")
     shots: int = Field(0, ge=0, le=8, description="short_answer: leading items used as exemplars.")
     max_new_tokens: int = Field(16, gt=0, le=256)
 
@@ -73,9 +78,21 @@ class GeneralTask:
     path: str
     items: tuple[dict, ...]
 
-    @property
-    def metrics(self) -> dict[str, Metric]:
-        return TASK_METRICS[self.spec.kind]
+    def metrics(self, rows: list[dict]) -> dict[str, Metric]:
+        """The task's metrics; an lm-eval task's are the ones its documents were scored with."""
+        if self.spec.kind != "lm_eval":
+            return TASK_METRICS[self.spec.kind]
+        from harness.lm_eval_bridge import lm_eval_metric_names
+
+        return {name: _lm_eval_metric(self.spec.data, name, rows) for name in lm_eval_metric_names(rows)}
+
+
+def _lm_eval_metric(task: str, name: str, rows: list[dict]) -> Metric:
+    values = [r["scores"][name] for r in rows if name in r["scores"]]
+    binary = all(v in (0.0, 1.0) for v in values)
+    # lm-eval's per-document metrics used here (acc, acc_norm, exact_match, f1, ...) grow with quality.
+    return mean_metric(name, ("lm_eval",), f"lm-evaluation-harness {task}: {name}, mean over documents",
+                       lambda r: float(r["scores"][name]), binary=binary)
 
 
 @dataclass(frozen=True)
@@ -83,9 +100,9 @@ class GeneralSet:
     path: str
     tasks: tuple[GeneralTask, ...]
 
-    def metric_keys(self) -> dict[str, Metric]:
+    def metric_keys(self, rows_by_task: dict[str, list[dict]]) -> dict[str, Metric]:
         """'task/metric' -> Metric, in a stable order."""
-        return {f"{t.name}/{m}": metric for t in self.tasks for m, metric in t.metrics.items()}
+        return {f"{t.name}/{m}": metric for t in self.tasks for m, metric in t.metrics(rows_by_task[t.name]).items()}
 
 
 def resolve_set_path(name: str, suite_dir: Path) -> Path:
@@ -95,6 +112,11 @@ def resolve_set_path(name: str, suite_dir: Path) -> Path:
     beside = suite_dir / "general" / "default.yaml"
     shipped = Path(__file__).resolve().parents[1] / "suites" / "general" / "default.yaml"
     return beside if beside.exists() else shipped
+
+
+def lm_eval_tasks(names: list[str], include: str | None, limit: int | None) -> tuple[GeneralTask, ...]:
+    spec = lambda name: GeneralTaskSpec(kind="lm_eval", data=name, include=include, limit=limit)  # noqa: E731
+    return tuple(GeneralTask(f"lm_eval:{name}", spec(name), f"lm-eval task {name}", ()) for name in names)
 
 
 def load_general_set(path: Path, limit: int | None = None) -> GeneralSet:
@@ -111,6 +133,8 @@ def load_general_set(path: Path, limit: int | None = None) -> GeneralSet:
                               _read_items(path.parent / task.data, task.kind)[: limit or None])
                   for name, task in spec.tasks.items())
     for task in tasks:
+        if task.spec.kind == "lm_eval":
+            continue
         if len(task.items) <= task.spec.shots:
             raise DataError(f"{task.path}: {len(task.items)} items, fewer than shots + 1")
     return GeneralSet(path=str(path), tasks=tasks)
@@ -140,10 +164,13 @@ def _read_items(path: Path, kind: str) -> tuple[dict, ...]:
 
 # -- evaluation -----------------------------------------------------------------------------------------
 
-def evaluate_general(model, tokenizer, general: GeneralSet, batch_tokens: int) -> dict[str, list[dict]]:
+def evaluate_general(model, tokenizer, general: GeneralSet, batch_tokens: int,
+                     bf16: bool = False) -> dict[str, list[dict]]:
     """Rows per task for one model (an adapter, if any, applied)."""
-    runners = {"multiple_choice": _multiple_choice, "short_answer": _short_answer, "perplexity": _perplexity}
-    return {task.name: runners[task.spec.kind](model, tokenizer, task, batch_tokens) for task in general.tasks}
+    runners = {"multiple_choice": _multiple_choice, "short_answer": _short_answer, "perplexity": _perplexity,
+               "lm_eval": _lm_eval}
+    return {task.name: runners[task.spec.kind](model, tokenizer, task, batch_tokens, bf16)
+            for task in general.tasks}
 
 
 def _chat_prompt(tokenizer, question: str, shots=(), system=None) -> list[int]:
@@ -151,14 +178,14 @@ def _chat_prompt(tokenizer, question: str, shots=(), system=None) -> list[int]:
     return encode_prompt(tokenizer, render_prompt(tokenizer, task, shots, Example("q", question, "")))
 
 
-def _multiple_choice(model, tokenizer, task: GeneralTask, batch_tokens: int) -> list[dict]:
+def _multiple_choice(model, tokenizer, task: GeneralTask, batch_tokens: int, bf16: bool) -> list[dict]:
     width = max(len(item["choices"]) for item in task.items)
     requests = []
     for item in task.items:
         choices = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item["choices"]]
         choices += [choices[0]] * (width - len(choices))   # pad to a common count; padding is ignored
         requests.append(Request(_chat_prompt(tokenizer, item["question"]), tuple(choices)))
-    scored, _ = run_requests(model, requests, 0, set(), tokenizer.pad_token_id, batch_tokens, task.name)
+    scored, _ = run_requests(model, requests, 0, set(), tokenizer.pad_token_id, batch_tokens, task.name, bf16)
     rows = []
     for item, (scores, _) in zip(task.items, scored):
         logprobs = [lp for lp, _ in scores[: len(item["choices"])]]
@@ -170,31 +197,41 @@ def _multiple_choice(model, tokenizer, task: GeneralTask, batch_tokens: int) -> 
     return rows
 
 
-def _short_answer(model, tokenizer, task: GeneralTask, batch_tokens: int) -> list[dict]:
+def _short_answer(model, tokenizer, task: GeneralTask, batch_tokens: int, bf16: bool) -> list[dict]:
     shots = tuple(Example(i["id"], i["question"], i["answer"]) for i in task.items[: task.spec.shots])
     scored_items = task.items[task.spec.shots:]
     requests = [Request(_chat_prompt(tokenizer, item["question"], shots, SA_SYSTEM), ())
                 for item in scored_items]
     stop_ids = {end_of_turn_id(tokenizer), tokenizer.eos_token_id}
     out, _ = run_requests(model, requests, task.spec.max_new_tokens, stop_ids, tokenizer.pad_token_id,
-                          batch_tokens, task.name)
+                          batch_tokens, task.name, bf16)
     return [{"id": item["id"], "task": task.name, "prompt": item["question"], "target": item["answer"],
              "aliases": list(item.get("aliases", [])),
              "prediction": cut_at_stop(tokenizer.decode(generated, skip_special_tokens=True), ("\n",))}
             for item, (_, generated) in zip(scored_items, out)]
 
 
-def _perplexity(model, tokenizer, task: GeneralTask, batch_tokens: int) -> list[dict]:
+def _perplexity(model, tokenizer, task: GeneralTask, batch_tokens: int, bf16: bool) -> list[dict]:
     requests = []
     for item in task.items:
         ids = tokenizer(item["text"], add_special_tokens=False)["input_ids"]
         requests.append(Request(ids[:1], (ids[1:],)))
-    scored, _ = run_requests(model, requests, 0, set(), tokenizer.pad_token_id, batch_tokens, task.name)
+    scored, _ = run_requests(model, requests, 0, set(), tokenizer.pad_token_id, batch_tokens, task.name, bf16)
     return [{"id": item["id"], "task": task.name, "target_nll": -scores[0][0], "target_tokens": scores[0][1]}
             for item, (scores, _) in zip(task.items, scored)]
 
 
-def general_metric_info(general: GeneralSet) -> dict[str, dict]:
+def _lm_eval(model, tokenizer, task: GeneralTask, batch_tokens: int, bf16: bool) -> list[dict]:
+    import torch
+
+    from harness.lm_eval_bridge import run_lm_eval
+
+    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=bf16):
+        rows = run_lm_eval(model, tokenizer, [task.spec.data], task.spec.include, task.spec.limit)
+    return [{**row, "task": task.name} for row in rows[task.spec.data]]
+
+
+def general_metric_info(general: GeneralSet, rows_by_task: dict[str, list[dict]]) -> dict[str, dict]:
     return {key: {"higher_is_better": m.higher_is_better, "variant": m.variant}
-            for key, m in general.metric_keys().items()}
+            for key, m in general.metric_keys(rows_by_task).items()}
 

@@ -43,6 +43,9 @@ class DataSpec(Strict):
 class EvalSpec(Strict):
     batch_tokens: int = Field(4096, gt=0, description="Token budget of one evaluation batch.")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Matmul precision of evaluation: auto = bf16 autocast where the CPU or GPU "
+                            "has fast bf16 (weights stay fp32), else float32.")
 
 
 class GeneralSpec(Strict):
@@ -119,6 +122,9 @@ class Suite(Strict):
     @property
     def base_dir(self) -> Path:
         return Path(self.path).parent
+
+    def eval_bf16(self, train_dtype: str) -> bool:
+        return self.eval.dtype == "bfloat16" or (self.eval.dtype == "auto" and train_dtype == "bfloat16")
 
     @property
     def primary_metric(self) -> str:

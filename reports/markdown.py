@@ -1,79 +1,177 @@
-"""report.md: the comparison table and the cost ledger, rendered from results.json only."""
+"""report.md: the same content as report.html (less the charts and the per-example view), from
+results.json only. Text from the data is escaped: Markdown viewers pass raw HTML through."""
 
 from __future__ import annotations
 
 from harness.results import Results
+from reports import _format as fmt
 
 
-def _fmt_metric(value: float) -> str:
-    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+def md(text) -> str:
+    """Escape text for a Markdown table cell or line: no raw HTML, no cell breaks, one line."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return " ".join(s.split())
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
-def _best(results: Results, metric: str) -> float | None:
-    values = [a.metrics[metric].value for a in results.arms.values() if metric in a.metrics]
-    if not values:
-        return None
-    return max(values) if results.metrics[metric]["higher_is_better"] else min(values)
+def _arrow(results: Results, metric: str) -> str:
+    return "↑" if fmt.higher_is_better(results, metric) else "↓"
 
 
 def metric_table(results: Results) -> list[str]:
+    """Arms x task metrics: value [interval], best per metric in bold (printed by the CLI too)."""
     metrics = list(results.metrics)
-    arrows = ["↑" if results.metrics[m]["higher_is_better"] else "↓" for m in metrics]
-    lines = ["| arm | backend | " + " | ".join(f"{m} {a}" for m, a in zip(metrics, arrows)) + " |",
+    lines = [_row(["arm", "backend", *(f"{md(m)} {_arrow(results, m)}" for m in metrics)]),
              "|---|---|" + "---:|" * len(metrics)]
-    best = {m: _best(results, m) for m in metrics}
+    best = {m: fmt.best_arms(results, m) for m in metrics}
     for name, arm in results.arms.items():
         if arm.status != "ok":
-            lines.append(f"| {name} | {arm.backend} | " + " | ".join("failed" for _ in metrics) + " |")
+            lines.append(_row([md(name), md(arm.backend), *("failed" for _ in metrics)]))
             continue
         cells = []
         for m in metrics:
-            value = arm.metrics[m].value
-            text = _fmt_metric(value)
-            cells.append(f"**{text}**" if value == best[m] else text)
-        lines.append(f"| {name} | {arm.backend} | " + " | ".join(cells) + " |")
+            value = arm.metrics.get(m)
+            text = fmt.metric_cell(value)
+            cells.append(f"**{fmt.num(value.value)}** {fmt.interval(value.ci_low, value.ci_high)}".rstrip()
+                         if name in best[m] else text)
+        lines.append(_row([md(name), md(arm.backend), *cells]))
     return lines
+
+
+def delta_table(results: Results) -> list[str]:
+    ref = results.best_prompt_arm
+    if ref is None:
+        return []
+    rows = []
+    for name, arm in fmt.ok_arms(results).items():
+        found = [fmt.comparison(arm, m, ref) for m in results.metrics]
+        if any(found):
+            rows.append(_row([md(name), *(fmt.delta_cell(c) for c in found)]))
+    if not rows:
+        return []
+    tests = sorted({fmt.test_name(c.test) for a in results.arms.values() for c in a.comparisons if c.against == ref})
+    return [f"### Difference vs the best prompt-only arm ({md(ref)})", "",
+            _row(["arm", *(f"{md(m)} {_arrow(results, m)}" for m in results.metrics)]),
+            "|---|" + "---:|" * len(results.metrics), *rows, "",
+            f"This arm minus {md(ref)}, with its confidence interval and the p-value of no difference "
+            f"({md(', '.join(tests))}).", ""]
+
+
+def changes_lines(results: Results) -> list[str]:
+    out = []
+    for name, arm in results.arms.items():
+        if arm.changes is not None:
+            c = arm.changes
+            out.append(f"- **{md(name)}** vs {md(c.against)} on {md(c.metric)}: fixed {len(c.fixed)} examples, "
+                       f"broke {len(c.broke)}")
+    return ["Per-example changes (listed in report.html):", "", *out, ""] if out else []
+
+
+def pareto_table(results: Results) -> list[str]:
+    metric = fmt.primary_metric(results)
+    front = fmt.pareto_front(results, metric)
+    rows = [_row([md(k), fmt.num(a.metrics[metric].value), fmt.seconds(a.cost.train_seconds),
+                  "◆ Pareto front" if k in front else ""])
+            for k, a in fmt.ok_arms(results).items() if metric in a.metrics and a.cost is not None]
+    if not rows:
+        return []
+    return ["## Quality vs cost", "", _row(["arm", f"{md(metric)} {_arrow(results, metric)}", "train time", "front"]),
+            "|---|---:|---:|---|", *rows, "",
+            "◆ Pareto front: no other arm is as good or better on both quality and training time.", ""]
 
 
 def cost_table(results: Results) -> list[str]:
-    lines = ["| arm | train s | train tokens | peak memory | trainable params | total params | artifact | eval s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [_row(["arm", "train time", "steps", "train tokens", "target tokens", "peak memory",
+                   "trainable / total params", "artifact", "eval time", "eval tokens"]),
+             "|---|" + "---:|" * 9]
     for name, arm in results.arms.items():
         c = arm.cost
         if c is None:
-            lines.append(f"| {name} | – | – | – | – | – | – | – |")
+            lines.append(_row([md(name), *([fmt.DASH] * 9)]))
             continue
-        lines.append(f"| {name} | {c.train_seconds:.1f} | {c.train_tokens:,} | {_fmt_bytes(c.peak_memory_bytes)} | "
-                     f"{c.trainable_params:,} | {c.total_params:,} | {_fmt_bytes(c.artifact_bytes)} | "
-                     f"{c.eval_seconds:.1f} |")
+        lines.append(_row([md(name), fmt.seconds(c.train_seconds), f"{c.train_steps:,}", fmt.count(c.train_tokens),
+                           fmt.count(c.train_target_tokens), fmt.size(c.peak_memory_bytes),
+                           f"{fmt.count(c.trainable_params)} / {fmt.count(c.total_params)}",
+                           fmt.size(c.artifact_bytes), fmt.seconds(c.eval_seconds), fmt.count(c.eval_tokens)]))
     return lines
 
 
+def forgetting_table(results: Results) -> list[str]:
+    names = fmt.general_metrics(results)
+    if not names:
+        return []
+    base = results.general.base if results.general else {}
+    lines = ["## Forgetting: general abilities vs the base model", "",
+             _row(["arm", *(f"{md(m)} {_arrow(results, m)}" for m in names), "largest significant drop"]),
+             "|---|" + "---:|" * len(names) + "---|",
+             _row(["base model", *(fmt.metric_cell(base.get(m)) for m in names), "reference"])]
+    for name, arm in fmt.ok_arms(results).items():
+        if not arm.general and not arm.forgetting:
+            continue
+        cells = []
+        for m in names:
+            c = fmt.comparison(arm, m, "base", forgetting=True)
+            text = fmt.metric_cell(arm.general.get(m))
+            cells.append(f"{text} (Δ {fmt.delta_cell(c)})" if c else text)
+        lines.append(_row([md(name), *cells, md(fmt.forgetting_summary(arm))]))
+    return lines + ["", "Δ: this arm minus the base model, with its interval and p-value.", ""]
+
+
+def verdict_lines(results: Results) -> list[str]:
+    d = results.decision
+    if d is None:
+        return ["## Verdict", "", "No decision policy evaluated: read the comparisons below.", ""]
+    facts = [f"fine-tuned arm **{md(d.arm)}**" if d.arm else "", f"prompt-only arm **{md(d.prompt_arm)}**"
+             if d.prompt_arm else "", f"about {d.needed_test_examples:,} test examples would settle it"
+             if d.needed_test_examples is not None else ""]
+    out = ["## Verdict", "", f"**{fmt.VERDICT_TEXT[d.verdict]}**" + (
+        " · " + " · ".join(f for f in facts if f) if any(facts) else ""), ""]
+    out += [f"- {md(reason)}" for reason in d.reasons]
+    policy = ", ".join(f"{md(k)} {md(v)}" for k, v in fmt.flatten("", d.policy))
+    return out + ["", f"Policy: {policy}." if policy else "", ""]
+
+
+def environment_lines(results: Results) -> list[str]:
+    env = dict(results.environment)
+    versions = env.pop("versions", {}) or {}
+    out = ["## Environment and fingerprints", ""]
+    out += [f"- {md(k)}: {md(v)}" for k, v in fmt.flatten("", env)]
+    if versions:
+        out.append("- versions: " + ", ".join(f"{md(k)} {md(v or 'not installed')}" for k, v in versions.items()))
+    s = results.suite
+    out.append(f"- suite: {md(s.get('name'))} ({md(s.get('path'))}), sha256 {md(s.get('sha256') or fmt.DASH)}")
+    out += [f"- data {md(split)}: {md(d.source)}, {d.examples:,} examples, sha256 {md(d.sha256 or '– (hub dataset)')}"
+            for split, d in results.data.items()]
+    out.append("- model: " + ", ".join(f"{md(k)} {md(v)}" for k, v in results.model.items()))
+    if results.general:
+        out += [f"- general {md(k)}: {md(t.kind)}, {md(t.source)}, {t.examples:,} items, sha256 {md(t.sha256 or '–')}"
+                for k, t in results.general.tasks.items()]
+    if results.stats:
+        out.append("- stats: " + ", ".join(f"{md(k)} {md(v)}" for k, v in fmt.flatten("", results.stats)))
+    return out + [""]
+
+
 def render_markdown(results: Results) -> str:
-    suite, env = results.suite, results.environment
-    n = next((m.n for a in results.arms.values() for m in a.metrics.values()), 0)
-    out = [f"# {suite['name']}: fine-tuning vs prompting", "",
-           f"Model `{results.model['ref']}` · {n} test examples · seed {suite['seed']} · "
-           f"harness {results.harness_version} · {results.created}", "",
-           "## Metrics", "", *metric_table(results), "",
-           "Best value per metric in bold. ↑ higher is better, ↓ lower is better.", ""]
-    out += [f"- **{m}**: {info['variant']}" for m, info in results.metrics.items()]
-    out += ["", "## Cost ledger", "", *cost_table(results), ""]
-    failed = {k: a for k, a in results.arms.items() if a.status != "ok"}
+    suite, n = results.suite, fmt.n_test(results)
+    out = [f"# {md(suite.get('name', 'run'))}: fine-tuning vs prompting", "",
+           f"Model {md(results.model.get('ref', fmt.DASH))} · {n if n is not None else '?'} test examples · "
+           f"seed {md(suite.get('seed', fmt.DASH))} · harness {md(results.harness_version)} · "
+           f"{md(results.created)}", ""]
+    out += verdict_lines(results)
+    out += ["## Task metrics", "", *metric_table(results), "",
+            "Value [confidence interval]; best per metric in bold. ↑ higher is better, ↓ lower is better.", ""]
+    out += [f"- **{md(m)}**: {md(info.get('variant', ''))}" for m, info in results.metrics.items()]
+    out += ["", *delta_table(results), *changes_lines(results), *pareto_table(results)]
+    out += ["## Cost ledger", "", *cost_table(results), "", *forgetting_table(results)]
+    failed = fmt.failed_arms(results)
     if failed:
         out += ["## Failed arms", ""]
-        out += [f"- **{k}** ({a.backend}): {a.error}" for k, a in failed.items()]
+        out += [f"- **{md(k)}** ({md(a.backend)}"
+                + (f", exit code {a.exit_code}" if a.exit_code is not None else "") + f"): {md(a.error)}"
+                for k, a in failed.items()]
         out.append("")
-    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
-    out += ["## Environment", "", f"- device: {env.get('device')}, {env.get('cpu_threads')} threads, "
-            f"train dtype {env.get('train_dtype')}, eval dtype {env.get('eval_dtype')}",
-            f"- python {env.get('python')} on {env.get('platform')}", f"- {versions}", ""]
+    out += environment_lines(results)
     return "\n".join(out)

@@ -126,8 +126,11 @@ def _sacrebleu_metric(name: str):
 def _sacrebleu_stats(name: str):
     def stats(rows, labels):
         metric = _sacrebleu_metric(name)
-        hyps, refs = [r["prediction"] for r in rows], [r["target"] for r in rows]
-        return np.array(metric._extract_corpus_statistics(hyps, [refs]), dtype=np.float64)
+        refs = [references(r) for r in rows]
+        # sacrebleu takes one stream per reference position; None where a row has fewer references
+        streams = [[r[i] if i < len(r) else None for r in refs] for i in range(max(map(len, refs)))]
+        return np.array(metric._extract_corpus_statistics([r["prediction"] for r in rows], streams),
+                        dtype=np.float64)
     return stats
 
 

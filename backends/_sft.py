@@ -52,7 +52,7 @@ def tokenize(tokenizer, data: TrainData, max_length: int):
     if not rows["input_ids"]:
         raise BackendError(f"all {too_long} training examples are longer than max_length={max_length}",
                            "raise the backend's max_length option")
-    return Dataset.from_dict(rows)
+    return Dataset.from_dict(rows), too_long
 
 
 class TargetOnlyCollator:
@@ -99,7 +99,10 @@ def _guard_callback(model):
             loss = getattr(output, "loss", None)
             if not module.training or loss is None:
                 return None
-            if os.environ.get("HARNESS_FAULT") == "zero_loss":     # test-only: a run whose gradients vanish
+            fault = os.environ.get("HARNESS_FAULT", "")
+            if fault.startswith("oom_above_batch=") and output.logits.shape[0] > int(fault.split("=")[1]):
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory (test fault)")
+            if fault == "zero_loss":     # test-only: a run whose gradients vanish
                 output.loss = loss * 0.0
             elif not bool(loss.detach().isfinite()) and not self.reason:
                 self.reason = f"the loss became {float(loss)}"
@@ -260,8 +263,70 @@ def _prepare(model, peft_config, quantize_4bit: bool, options):
     return get_peft_model(model, peft_config)
 
 
+def merge_for_eval(peft_model):
+    """Fold the adapter into the base weights for evaluation (the saved adapter is unchanged):
+    the same function, without the adapter's extra matmuls on every layer. An untrained adapter
+    (B = 0) adds exactly zero, so it still scores exactly as the base model (tested)."""
+    return peft_model.merge_and_unload().eval()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    text = str(exc)
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text))
+
+
+def _halve_batch(options, workdir: Path, notes: list[str]):
+    """Out of memory: the same examples per optimizer step in smaller micro-batches, from scratch
+    (checkpoints taken at another batch size cannot be resumed)."""
+    import gc
+    import shutil
+
+    from harness.errors import ResourceError
+
+    if options.batch_size == 1:
+        raise ResourceError("out of memory while training at batch size 1",
+                            "use qlora, gradient_checkpointing: true, a smaller max_length, or more memory")
+    smaller = options.model_copy(update={"batch_size": math.ceil(options.batch_size / 2),
+                                         "grad_accum": options.grad_accum * 2})
+    notes.append(f"out of memory at batch size {options.batch_size}: retried with {smaller.batch_size} x "
+                 f"{smaller.grad_accum} accumulated")
+    shutil.rmtree(workdir / "trainer", ignore_errors=True)
+    gc.collect()
+    return smaller
+
+
 def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_config=None,
               quantize_4bit: bool = False) -> ModelHandle:
+    notes: list[str] = []
+    while True:
+        try:
+            run = _train_once(spec, data, workdir, options, peft_config, quantize_4bit)
+            break
+        except Exception as exc:      # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
+            if not is_out_of_memory(exc):
+                raise
+            options = _halve_batch(options, workdir, notes)
+    trainer, tokenizer, guard, seen, skipped, seconds = run
+    if guard.reason:
+        raise TrainingDiverged(f"training stopped: {guard.reason}", "lower the learning rate or check the data")
+    model = trainer.model
+    stats = TrainStats(seconds=seconds, steps=trainer.state.global_step, skipped_examples=skipped, notes=notes,
+                       tokens=int(trainer.state.num_input_tokens_seen), target_tokens=seen["tokens"],
+                       peak_memory_bytes=peak_memory_bytes(),
+                       loss_curve=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
+    stats.trainable_params, stats.total_params = count_params(model)
+    artifact = save_atomically(model, workdir / ("adapter" if peft_config is not None else "model"))
+    stats.artifact_bytes = _dir_bytes(artifact)
+    model.eval()
+    if peft_config is not None and not quantize_4bit:
+        model = merge_for_eval(model)
+    return ModelHandle(model=model, tokenizer=tokenizer, artifact_path=str(artifact), stats=stats)
+
+
+def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):
     from transformers import PrinterCallback, Trainer, set_seed
 
     from harness import models
@@ -269,7 +334,7 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     set_seed(data.seed)   # before the adapter exists: LoRA's A matrices are drawn at creation
     model, tokenizer = models.load(spec, quantize_4bit=quantize_4bit, compute_dtype=spec.train_dtype)
     model = _prepare(model, peft_config, quantize_4bit, options)
-    dataset = tokenize(tokenizer, data, options.max_length)
+    dataset, skipped = tokenize(tokenizer, data, options.max_length)
     guard = _guard_callback(model)
     seen = _count_target_tokens(model)
     args = _training_args(workdir, options, data, spec.train_dtype == "bfloat16", len(dataset))
@@ -280,16 +345,4 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     resume = last_good_checkpoint(Path(args.output_dir)) if Path(args.output_dir).is_dir() else None
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - start
-    if guard.reason:
-        raise TrainingDiverged(f"training stopped: {guard.reason}", "lower the learning rate or check the data")
-    model = trainer.model
-    stats = TrainStats(seconds=seconds, steps=trainer.state.global_step,
-                       tokens=int(trainer.state.num_input_tokens_seen), target_tokens=seen["tokens"],
-                       peak_memory_bytes=peak_memory_bytes(),
-                       loss_curve=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
-    stats.trainable_params, stats.total_params = count_params(model)
-    artifact = save_atomically(model, workdir / ("adapter" if peft_config is not None else "model"))
-    stats.artifact_bytes = _dir_bytes(artifact)
-    model.eval()
-    return ModelHandle(model=model, tokenizer=tokenizer, artifact_path=str(artifact), stats=stats)
+    return trainer, tokenizer, guard, seen, skipped, time.perf_counter() - start

@@ -25,11 +25,13 @@ class QLoraBackend:
 
         handle = train_sft(model, data, workdir, self.options, peft_config=lora_config(self.options),
                            quantize_4bit=True)
+        # peft cannot fold an adapter trained on 4-bit layers into the dequantized fp32 ones (its
+        # 4-bit LoRA layer expects a quant_state), so QLoRA evaluates with the adapter unmerged.
         dequantize_base_for_eval(handle.model)
         return handle
 
 
-def dequantize_base_for_eval(peft_model) -> None:
+def dequantize_base_for_eval(peft_model) -> bool:
     """Swap the frozen 4-bit layers for fp32 layers holding exactly the NF4 values.
 
     On CPU, bitsandbytes dequantizes every weight on every forward, which made evaluation ~3x
@@ -39,7 +41,7 @@ def dequantize_base_for_eval(peft_model) -> None:
     import torch
 
     if torch.cuda.is_available():
-        return  # the CUDA 4-bit kernels are fast; evaluate the quantized model as trained
+        return False  # the CUDA 4-bit kernels are fast; evaluate the quantized model as trained
     from transformers.integrations.bitsandbytes import dequantize_and_replace
 
     base = peft_model.get_base_model()
@@ -47,3 +49,4 @@ def dequantize_base_for_eval(peft_model) -> None:
     for name, param in base.named_parameters():   # the new fp32 layers are as frozen as the 4-bit ones
         if "lora_" not in name:
             param.requires_grad_(False)
+    return True

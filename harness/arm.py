@@ -28,6 +28,7 @@ class ArmJob:
     batch_tokens: int
     workdir: str
     eval_bf16: bool = False          # bf16 autocast during evaluation
+    overlong: str = "error"          # prompts over the model's context: error or truncate
     evaluate_test: bool = True       # the suite's test split
     evaluate_general: bool = True    # the general tasks (the forgetting check)
 
@@ -41,6 +42,7 @@ class ArmOutcome:
     eval_seconds: float = 0.0
     eval_tokens: int = 0
     general_seconds: float = 0.0
+    eval_truncated: int = 0
     cached: bool = False                                     # reused from the cache, not run
     artifact: str | None = None
     error: str | None = None
@@ -64,8 +66,9 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     outcome = ArmOutcome(ok=True, stats=handle.stats, artifact=handle.artifact_path)
     if job.evaluate_test:
         out = evaluate(handle, job.data.test, job.data.task, job.batch_tokens, desc=f"{job.name} eval",
-                       bf16=job.eval_bf16)
+                       bf16=job.eval_bf16, overlong=job.overlong)
         outcome.rows, outcome.eval_seconds, outcome.eval_tokens = out.rows, out.seconds, out.tokens
+        outcome.eval_truncated = out.truncated
     if job.evaluate_general and job.data.general:
         start = time.perf_counter()
         outcome.general_rows = evaluate_general(handle.model, handle.tokenizer, job.data.general,
@@ -89,6 +92,11 @@ def _child(job: ArmJob, conn) -> None:
     except Exception as exc:  # noqa: BLE001 - any bug in one arm must not lose the others
         outcome = ArmOutcome(ok=False, error=f"{type(exc).__name__}: {exc}", exit_code=1,
                              traceback=traceback.format_exc())
+    from harness.errors import redact
+
+    # Secrets in the environment (tokens, keys) must never reach results, logs or reports.
+    outcome.error = redact(outcome.error) if outcome.error else outcome.error
+    outcome.traceback = redact(outcome.traceback) if outcome.traceback else outcome.traceback
     conn.send(outcome)
     conn.close()
 

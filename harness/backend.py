@@ -28,6 +28,7 @@ class ModelSpec:
     ref: str            # what the suite said (builtin:..., HF id, local path)
     path: str           # local directory or HF id that from_pretrained accepts
     train_dtype: str    # "bfloat16" (autocast, fp32 master weights) or "float32"
+    trust_remote_code: bool = False   # the suite's trust_remote_code: lets transformers run the model's code
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class TrainStats:
     trainable_params: int = 0
     total_params: int = 0
     artifact_bytes: int = 0
+    skipped_examples: int = 0       # training examples longer than max_length, left out
+    notes: list[str] = field(default_factory=list)   # what the backend had to adapt (e.g. after OOM)
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
 

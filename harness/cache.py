@@ -83,6 +83,7 @@ def arm_key(job, model_fp: str) -> str:
         "train": [dataclasses.astuple(e) for e in data.train],
         "test": [dataclasses.astuple(e) for e in data.test] if job.evaluate_test else None,
         "general": general, "batch_tokens": job.batch_tokens, "eval_bf16": job.eval_bf16,
+        "overlong": job.overlong,
     })
 
 
@@ -128,7 +129,8 @@ class ArmCache:
             stats = TrainStats(**{**payload["stats"], "loss_curve": [tuple(p) for p in payload["stats"]["loss_curve"]]})
             return ArmOutcome(ok=True, rows=payload["rows"], general_rows=payload["general_rows"], stats=stats,
                               eval_seconds=payload["eval_seconds"], eval_tokens=payload["eval_tokens"],
-                              general_seconds=payload["general_seconds"], artifact=artifact)
+                              general_seconds=payload["general_seconds"], artifact=artifact,
+                              eval_truncated=payload.get("eval_truncated", 0))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._set_aside(key, exc)
             return None
@@ -154,7 +156,7 @@ class ArmCache:
         payload = {"rows": outcome.rows, "general_rows": outcome.general_rows,
                    "stats": dataclasses.asdict(outcome.stats), "eval_seconds": outcome.eval_seconds,
                    "eval_tokens": outcome.eval_tokens, "general_seconds": outcome.general_seconds,
-                   "artifact": artifact}
+                   "eval_truncated": outcome.eval_truncated, "artifact": artifact}
         _write_json_atomic(work / "outcome.json", {"sha256": _digest(payload), "payload": payload})
         for leftover in ("trainer",):        # checkpoints are only needed until the arm finishes
             shutil.rmtree(work / leftover, ignore_errors=True)

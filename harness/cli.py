@@ -13,8 +13,10 @@ from harness.errors import HarnessError
 
 
 def _fail(lines: list[str], code: int):
+    from harness.errors import redact
+
     for line in lines:
-        click.echo(line, err=True)
+        click.echo(redact(line), err=True)
     sys.exit(code)
 
 
@@ -54,9 +56,11 @@ def main(debug: bool):
 @handle_errors
 def validate(suite_path: Path):
     """Check a suite without loading any model (the same checks compare runs)."""
+    from harness.data import load_data
     from harness.suite import load_suite
 
     suite = load_suite(suite_path)
+    load_data(suite)        # the data checks compare runs too (columns, labels, lines, encodings)
     click.echo(f"{suite_path}: ok ({len(suite.backends)} arms: {', '.join(suite.backends)})")
 
 
@@ -79,10 +83,12 @@ def backends():
 @click.option("--only", multiple=True, help="Run only these arms (repeatable, or comma-separated).")
 @click.option("--fail-on", type=click.Choice(["no-go", "inconclusive"]),
               help="Exit 1 on this verdict: no-go (NO-GO or INCONCLUSIVE) or inconclusive (INCONCLUSIVE).")
+@click.option("--no-cache", is_flag=True, help="Run every arm again, ignoring cached results and checkpoints.")
 @handle_errors
-def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: str | None):
+def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: str | None, no_cache: bool):
     """Train and evaluate every arm of SUITE; write results.json, report.md and report.html."""
     from harness import models
+    from harness.cache import ArmCache
     from harness.compare import default_out_dir, run_compare, select_arms
     from harness.data import load_data
     from harness.suite import load_suite
@@ -91,7 +97,7 @@ def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: 
     suite = load_suite(suite_path)
     arms = select_arms(suite, [n for item in only for n in item.split(",") if n])
     data = load_data(suite)
-    model = models.resolve(suite.model, suite.base_dir)
+    model = models.resolve(suite.model, suite.base_dir, trust_remote_code=suite.trust_remote_code)
     out = out or default_out_dir(suite)
     click.echo(f"{suite.name}: {len(arms)} arms on {suite.model}, "
                f"{len(data.train)} train / {len(data.test)} test examples -> {out}", err=True)
@@ -100,11 +106,12 @@ def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: 
         if result.status == "ok":
             c = result.cost
             shown = ", ".join(f"{m}={v.value:.3f}" for m, v in result.metrics.items())
-            click.echo(f"  {name}: {shown} (train {c.train_seconds:.0f}s, eval {c.eval_seconds:.0f}s)", err=True)
+            how = "cached" if result.cached else f"train {c.train_seconds:.0f}s, eval {c.eval_seconds:.0f}s"
+            click.echo(f"  {name}: {shown} ({how})", err=True)
         else:
             click.echo(f"  {name}: FAILED: {result.error}", err=True)
 
-    results = run_compare(suite, data, model, out, arms, on_arm=progress)
+    results = run_compare(suite, data, model, out, arms, on_arm=progress, cache=ArmCache(read=not no_cache))
     for path in write_reports(results, out):
         click.echo(f"wrote {path}", err=True)
     from reports.markdown import metric_table
@@ -115,8 +122,9 @@ def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: 
         click.echo(f"\nVERDICT: {d.verdict}" + (f" (fine-tune with {d.arm})" if d.arm else
                                                  f" (keep prompting with {d.prompt_arm})" if d.verdict == "NO-GO" else ""))
         click.echo("\n".join(f"  - {reason}" for reason in d.reasons))
-    if any(a.status != "ok" for a in results.arms.values()):
-        sys.exit(5)
+    failed = [a for a in results.arms.values() if a.status != "ok"]
+    if failed:      # the first failure's class: 3 data, 5 training/backend, 6 memory or disk
+        sys.exit(failed[0].exit_code if failed[0].exit_code in (3, 4, 6) else 5)
     if results.decision and fail_on and (results.decision.verdict == "INCONCLUSIVE" or
                                          (fail_on == "no-go" and results.decision.verdict == "NO-GO")):
         sys.exit(1)
@@ -133,6 +141,99 @@ def report(run_dir: Path):
     results = read_results(run_dir)
     for path in write_reports(results, run_dir if run_dir.is_dir() else run_dir.parent):
         click.echo(f"wrote {path}")
+
+
+
+# -- the regression gate (harness/gate.py): eval, baseline, regress; and export ---------------------------
+
+def _candidate_options(func):
+    path = click.Path(path_type=Path)
+    options = [
+        click.option("--adapter", type=path, help="PEFT adapter directory (e.g. RUN/arms/lora/adapter)."),
+        click.option("--model", "model_dir", type=path, help="Merged or fully fine-tuned model directory."),
+        click.option("--allow-pickle", is_flag=True, help="Accept pickle files (.bin .pt .pkl ...); they are loaded "
+                                                          "with torch's weights-only unpickler. Only for files you "
+                                                          "trust."),
+        click.option("--allow-base-mismatch", is_flag=True, help="Accept an adapter that names another base model."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command("eval")
+@click.argument("suite_path", type=click.Path(path_type=Path))
+@_candidate_options
+@handle_errors
+def eval_command(suite_path: Path, adapter, model_dir, allow_pickle: bool, allow_base_mismatch: bool):
+    """Evaluate one candidate on SUITE's test split and its general tasks."""
+    from harness import gate, gate_report
+
+    ctx = gate.load_context(suite_path)
+    candidate = gate.check_candidate(ctx, adapter, model_dir, allow_pickle, allow_base_mismatch)
+    evaluation = gate.evaluate_candidate(ctx, candidate, allow_pickle)
+    click.echo(gate_report.evaluation_text(ctx.suite.name, evaluation))
+    if not evaluation.probe.applied:
+        click.echo(f"warning: {evaluation.probe.describe()}; harness regress fails such a candidate", err=True)
+
+
+@main.command()
+@click.argument("suite_path", type=click.Path(path_type=Path))
+@_candidate_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Baseline file to write (JSON).")
+@handle_errors
+def baseline(suite_path: Path, adapter, model_dir, allow_pickle: bool, allow_base_mismatch: bool, out: Path):
+    """Record a candidate's scores, per-example rows and fingerprints as a baseline for regress."""
+    from harness import gate, gate_report
+
+    ctx = gate.load_context(suite_path)
+    candidate = gate.check_candidate(ctx, adapter, model_dir, allow_pickle, allow_base_mismatch)
+    evaluation = gate.evaluate_candidate(ctx, candidate, allow_pickle)
+    gate.write_baseline(gate.make_baseline(ctx, evaluation), out)
+    click.echo(gate_report.evaluation_text(ctx.suite.name, evaluation))
+    if not evaluation.probe.applied:
+        click.echo(f"warning: {evaluation.probe.describe()}", err=True)
+    click.echo(f"wrote {out}", err=True)
+
+
+@main.command()
+@click.argument("suite_path", type=click.Path(path_type=Path))
+@_candidate_options
+@click.option("--baseline", "baseline_path", type=click.Path(path_type=Path), required=True,
+              help="Baseline file written by harness baseline.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML here.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write the Markdown summary here.")
+@click.option("--margin", multiple=True, help="Override the suite's margins: one for every gated metric "
+                                              "(0.02, 5%) or NAME=MARGIN (repeatable).")
+@click.option("--confidence", type=float, help="Override regression.confidence (one-sided).")
+@handle_errors
+def regress(suite_path: Path, adapter, model_dir, allow_pickle: bool, allow_base_mismatch: bool, baseline_path: Path,
+            junit: Path | None, markdown: Path | None, margin: tuple[str, ...], confidence: float | None):
+    """Compare a candidate with a baseline, per example: exit 0 pass, 1 regression, 7 not comparable."""
+    from harness import gate, gate_report
+
+    def run():
+        ctx = gate.load_context(suite_path, margin, confidence)
+        candidate = gate.check_candidate(ctx, adapter, model_dir, allow_pickle, allow_base_mismatch)
+        return gate.run_regress(ctx, candidate, baseline_path, allow_pickle)
+
+    result = gate_report.run_with_reports(run, suite_path, junit, markdown)
+    click.echo(gate_report.markdown(result))
+    click.echo(f"regress: {'PASS' if result.passed else 'FAIL'} in {result.seconds['total']:.1f}s", err=True)
+    sys.exit(0 if result.passed else 1)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("arm")
+@click.option("--merged", type=click.Path(path_type=Path), required=True,
+              help="Directory for the merged model (adapter folded into the base weights, safetensors).")
+@handle_errors
+def export(run_dir: Path, arm: str, merged: Path):
+    """Export ARM of RUN_DIR as one plain model directory for serving (merge_and_unload)."""
+    from harness.export import export_merged
+
+    click.echo(f"wrote {export_merged(run_dir, arm, merged)}")
 
 
 if __name__ == "__main__":

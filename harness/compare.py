@@ -20,7 +20,7 @@ from harness.cache import ArmCache, CachedRunner, publish_artifact
 from harness.backend import ModelSpec
 from harness.data import SPLITS, SuiteData
 from harness.decide import decide
-from harness.errors import UsageError
+from harness.errors import UsageError, redact
 from harness.general import general_metric_info
 from harness.metrics import METRICS
 from harness.results import (ArmResult, Cost, DataFile, General, GeneralTask, Results, write_results,
@@ -116,9 +116,10 @@ def arm_result(suite: Suite, name: str, outcome: ArmOutcome) -> ArmResult:
                 train_steps=s.steps, peak_memory_bytes=s.peak_memory_bytes, trainable_params=s.trainable_params,
                 total_params=s.total_params, artifact_bytes=s.artifact_bytes,
                 eval_seconds=round(outcome.eval_seconds, 3), eval_tokens=outcome.eval_tokens,
-                general_eval_seconds=round(outcome.general_seconds, 3))
+                general_eval_seconds=round(outcome.general_seconds, 3), eval_truncated=outcome.eval_truncated,
+                train_skipped_examples=s.skipped_examples)
     return ArmResult(**base, status="ok", cost=cost, loss_curve=s.loss_curve, samples=f"samples/{name}.jsonl",
-                     cached=outcome.cached)
+                     cached=outcome.cached, notes=s.notes)
 
 
 def _trains(backend: str) -> bool:
@@ -129,7 +130,8 @@ def _job(suite: Suite, data: SuiteData, model: ModelSpec, out_dir: Path, name: s
          options: dict, test: bool, general: bool) -> ArmJob:
     return ArmJob(name=name, backend=backend, options=options, model=model, data=data,
                   batch_tokens=suite.eval.batch_tokens, workdir=str((out_dir / "arms" / name).resolve()),
-                  evaluate_test=test, evaluate_general=general, eval_bf16=suite.eval_bf16(model.train_dtype))
+                  evaluate_test=test, evaluate_general=general, eval_bf16=suite.eval_bf16(model.train_dtype),
+                  overlong=suite.eval.overlong)
 
 
 def _write_general_rows(rows_by_task: dict, path: Path, general) -> None:
@@ -139,7 +141,7 @@ def _write_general_rows(rows_by_task: dict, path: Path, general) -> None:
 def _record_failure(out_dir: Path, name: str, outcome: ArmOutcome) -> None:
     if outcome.traceback:
         (out_dir / "arms" / name).mkdir(parents=True, exist_ok=True)
-        (out_dir / "arms" / name / "error.txt").write_text(outcome.traceback, encoding="utf-8")
+        (out_dir / "arms" / name / "error.txt").write_text(redact(outcome.traceback), encoding="utf-8")
 
 
 def run_base_general(suite, data, model, out_dir, results, runner, config) -> dict | None:

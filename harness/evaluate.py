@@ -29,6 +29,37 @@ class EvalOutput:
     rows: list[dict]
     seconds: float
     tokens: int          # prompt + continuation + generated tokens run through the model
+    truncated: int = 0   # prompts cut to fit the model's context (eval.overlong: truncate)
+
+
+def context_length(model) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def fit_to_context(requests: list[Request], ids: list[str], limit: int | None, max_new: int,
+                   policy: str) -> tuple[list[Request], int]:
+    """Apply the overlong policy: error (naming the example) or truncate (keep the prefix shared by
+    every prompt, then the prompt's last tokens: the question usually sits at the end)."""
+    from harness.errors import DataError
+
+    if not limit:
+        return requests, 0
+    head = common_prefix_length([r.prompt for r in requests])
+    out, cut = [], 0
+    for request, example_id in zip(requests, ids):
+        budget = limit - max((len(c) for c in request.continuations), default=0) - max_new
+        if len(request.prompt) <= budget:
+            out.append(request)
+            continue
+        if policy != "truncate" or budget <= head + 1:
+            raise DataError(f"example {example_id}: its prompt has {len(request.prompt)} tokens, over the "
+                            f"{budget} that fit the model's context of {limit} with the answer",
+                            "shorten it, or set eval.overlong: truncate in the suite")
+        out.append(Request(request.prompt[:head] + request.prompt[len(request.prompt) - (budget - head):],
+                           request.continuations))
+        cut += 1
+    return out, cut
 
 
 def default_max_new_tokens(tokenizer, task: TaskFormat) -> int:
@@ -162,7 +193,8 @@ def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int
 
 
 def evaluate(handle: ModelHandle, examples: tuple[Example, ...], task: TaskFormat,
-             batch_tokens: int = 4096, desc: str = "eval", bf16: bool = False) -> EvalOutput:
+             batch_tokens: int = 4096, desc: str = "eval", bf16: bool = False,
+             overlong: str = "error") -> EvalOutput:
     """Score the task's examples: the label set (classification) or the gold target, and decode."""
     tok = handle.tokenizer
     start = time.perf_counter()
@@ -172,11 +204,14 @@ def evaluate(handle: ModelHandle, examples: tuple[Example, ...], task: TaskForma
                         label_ids if task.labels else (encode_target(tok, ex.target),))
                 for ex in examples]
     stop_ids = {end_of_turn_id(tok), tok.eos_token_id}
-    scored, tokens = run_requests(handle.model, requests, default_max_new_tokens(tok, task), stop_ids,
-                                  tok.pad_token_id, batch_tokens, desc, bf16)
+    max_new = default_max_new_tokens(tok, task)
+    requests, truncated = fit_to_context(requests, [ex.id for ex in examples], context_length(handle.model),
+                                         max_new, overlong)
+    scored, tokens = run_requests(handle.model, requests, max_new, stop_ids, tok.pad_token_id, batch_tokens,
+                                  desc, bf16)
     rows = [_row(ex, task, cont_scores, tok.decode(generated, skip_special_tokens=True))
             for ex, (cont_scores, generated) in zip(examples, scored)]
-    return EvalOutput(rows=rows, seconds=time.perf_counter() - start, tokens=tokens)
+    return EvalOutput(rows=rows, seconds=time.perf_counter() - start, tokens=tokens, truncated=truncated)
 
 
 def _score_batch(scorer: _Scorer, suffixes, continuations, max_new, stop_ids, pad_id):

@@ -21,7 +21,6 @@ Scoring, identical for the base model and every arm:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -29,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.backend import Example, TaskFormat
-from harness.errors import DataError
+from harness.errors import DataError, shown
 from harness.evaluate import Request, cut_at_stop, run_requests
 from harness.metrics import METRICS, Metric, mean_metric
 from harness.prompts import encode_prompt, end_of_turn_id, render_prompt
@@ -119,16 +118,45 @@ def lm_eval_tasks(names: list[str], include: str | None, limit: int | None) -> t
     return tuple(GeneralTask(f"lm_eval:{name}", spec(name), f"lm-eval task {name}", ()) for name in names)
 
 
-def load_general_set(path: Path, limit: int | None = None) -> GeneralSet:
-    from harness.suite import read_yaml
+def _read_set_spec(path: Path) -> tuple[GeneralSetSpec | None, list[str]]:
+    """The general set file's tasks and the problems found in it (no data read)."""
+    from harness.errors import SuiteError
+    from harness.suite import _pydantic_problems, read_yaml
 
-    raw = read_yaml(path)
     try:
-        spec = GeneralSetSpec(**(raw if isinstance(raw, dict) else {}))
+        raw = read_yaml(path, what="general set")
+    except SuiteError as exc:
+        return None, exc.problems
+    if not isinstance(raw, dict):
+        return None, ["a general set is a mapping with tasks: {name: {kind: ..., data: ...}}; "
+                      "see the general set format in the README"]
+    try:
+        spec = GeneralSetSpec.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise DataError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                        "see the general set format in the README") from None
+        return None, _pydantic_problems(exc, root=GeneralSetSpec)
+    problems = []
+    for name, task in spec.tasks.items():
+        if task.kind == "lm_eval":
+            continue
+        data = path.parent / task.data
+        if not data.is_file():
+            problems.append(f"tasks.{name}.data: file {task.data!r} not found (paths are relative to the general set "
+                            "file); fix the path")
+    return spec, problems
+
+
+def general_set_problems(path: Path) -> list[tuple[str, str]]:
+    """Problems of a general set file, as (file, problem) pairs: what load_suite reports with the suite's."""
+    return [(str(path), problem) for problem in _read_set_spec(Path(path))[1]]
+
+
+def load_general_set(path: Path, limit: int | None = None) -> GeneralSet:
+    from harness.errors import SuiteError
+
+    path = Path(path)
+    spec, problems = _read_set_spec(path)
+    if problems:
+        raise SuiteError(path, problems)
     tasks = tuple(GeneralTask(name, task, str(path.parent / task.data),
                               _read_items(path.parent / task.data, task.kind)[: limit or None])
                   for name, task in spec.tasks.items())
@@ -136,29 +164,66 @@ def load_general_set(path: Path, limit: int | None = None) -> GeneralSet:
         if task.spec.kind == "lm_eval":
             continue
         if len(task.items) <= task.spec.shots:
-            raise DataError(f"{task.path}: {len(task.items)} items, fewer than shots + 1")
+            need = f"more than shots ({task.spec.shots})" if task.spec.shots else "at least one"
+            cut = f" (general.limit {limit})" if limit and limit <= task.spec.shots else ""
+            raise DataError(f"{task.path}: {len(task.items)} items{cut}; the {task.spec.kind} task "
+                            f"{task.name!r} needs {need}", "add items, or lower shots or general.limit")
     return GeneralSet(path=str(path), tasks=tasks)
 
 
+def _item_problem(item: dict, kind: str) -> str | None:
+    """What is wrong with one item of a general task, or None."""
+    missing = [f for f in REQUIRED[kind] if f not in item]
+    if missing:
+        return f"missing field(s) {', '.join(missing)} for a {kind} item; add them"
+    text_fields = {"multiple_choice": ("question",), "short_answer": ("question", "answer"),
+                   "perplexity": ("text",)}[kind]
+    for field_name in text_fields:
+        if not isinstance(item[field_name], (str, int, float)) or isinstance(item[field_name], bool):
+            return f"{field_name} is {type(item[field_name]).__name__}, not text; write a string"
+    if kind == "perplexity" and not str(item["text"]).strip():
+        return "text is empty; remove the line or write the paragraph"
+    if kind == "short_answer" and not isinstance(item.get("aliases", []), list):
+        return "aliases is not a list; write a list of strings, e.g. [\"NYC\"]"
+    if kind == "multiple_choice":
+        choices, answer = item["choices"], item["answer"]
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            return f"choices is {shown(choices)}; write a list of at least 2 strings"
+        if isinstance(answer, str) and answer.strip().isdigit():
+            answer = int(answer)
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+            return (f"answer {shown(item['answer'])} is not an index into choices (0 to {len(choices) - 1}); "
+                    "write the index of the right choice")
+    return None
+
+
 def _read_items(path: Path, kind: str) -> tuple[dict, ...]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read general task data ({exc.strerror})") from None
-    items = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+    from harness.data import read_jsonl
+
+    items, bad, seen = [], [], {}
+    for number, item in read_jsonl(path, what="general task data"):
+        problem = _item_problem(item, kind)
+        if problem:
+            bad.append(f"{path}:{number}: {problem}")
             continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-        missing = [f for f in REQUIRED[kind] if not isinstance(item, dict) or f not in item]
-        if missing:
-            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)} for a {kind} item")
-        if kind == "multiple_choice" and not 0 <= int(item["answer"]) < len(item["choices"]):
-            raise DataError(f"{path}:{number}: answer {item['answer']} is not an index into choices")
-        items.append({"id": str(item.get("id", f"{path.stem}-{number}")), **item})
+        if kind == "multiple_choice":
+            item = {**item, "answer": int(item["answer"])}
+        item = {**item, **{f: str(item[f]) for f in ("question", "text") if f in item}}
+        if kind == "short_answer":
+            item = {**item, "answer": str(item["answer"])}
+            if "aliases" in item:
+                item["aliases"] = [str(a) for a in item["aliases"]]
+        item_id = str(item.get("id", f"{path.stem}-{number}"))
+        if item_id in seen:
+            bad.append(f"{path}:{number}: id {shown(item_id, 40)} repeats line {seen[item_id]}; give every item its "
+                       "own id (items are paired by id)")
+        seen.setdefault(item_id, number)
+        row = {"id": item_id, **item}
+        row["id"] = item_id
+        items.append(row)
+    if bad:
+        more = f"\n{path}: {len(bad) - 5} more bad items; fix them too" if len(bad) > 5 else ""
+        raise DataError("\n".join(bad[:5]) + more)
     return tuple(items)
 
 

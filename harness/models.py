@@ -9,6 +9,7 @@ transformers once, and cache the result as a safetensors model directory.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -54,33 +55,126 @@ def preferred_train_dtype() -> str:
     return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
-def resolve(ref: str, base_dir: Path | None = None) -> ModelSpec:
+def resolve(ref: str, base_dir: Path | None = None, trust_remote_code: bool = False) -> ModelSpec:
     """Turn the suite's `model:` into a loadable location, fetching the built-in model if needed.
 
-    A relative local path is looked up beside the suite file first, like data paths."""
+    A relative local path is looked up beside the suite file first, like data paths. A local
+    directory is checked first (check_model_dir): safetensors weights only, and no custom code
+    unless `trust_remote_code` (the suite's `trust_remote_code: true`)."""
     if ref.startswith(BUILTIN_PREFIX):
         path = str(ensure_builtin(ref[len(BUILTIN_PREFIX):]))
     else:
-        local = Path(ref).expanduser()
-        if base_dir is not None and not local.is_absolute() and (base_dir / local).exists():
-            local = base_dir / local
+        local = local_model_dir(ref, base_dir)
         path = ref                      # not on disk: an HF model id
-        if local.exists():
-            refuse_unsafe_model_dir(local)
+        if local is not None:
+            check_model_dir(local, trust_remote_code)
+            check_architecture(local, trust_remote_code)
             path = str(local.resolve())
-    return ModelSpec(ref=ref, path=path, train_dtype=preferred_train_dtype())
+    return ModelSpec(ref=ref, path=path, train_dtype=preferred_train_dtype(), trust_remote_code=trust_remote_code)
+
+
+def looks_like_path(ref: str) -> bool:
+    """True when `ref` cannot be a Hugging Face id (org/name): it must then be a local directory."""
+    return (ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1 or ref.endswith("/")
+            or (len(ref) > 1 and ref[1] == ":"))
+
+
+def local_model_dir(ref: str, base_dir: Path | None = None) -> Path | None:
+    """The local directory `ref` names (beside the suite first), or None for an HF id or builtin:.
+
+    Raises ModelUnavailable when `ref` is clearly a path (./x, /x, ~/x, a/b/c) and nothing is there."""
+    if ref.startswith(BUILTIN_PREFIX):
+        return None
+    local = Path(ref).expanduser()
+    if base_dir is not None and not local.is_absolute() and (Path(base_dir) / local).exists():
+        return Path(base_dir) / local
+    if local.exists():
+        return local
+    if looks_like_path(ref):
+        where = f" (relative paths are looked up beside the suite file, {base_dir}, then in the current " \
+                f"directory)" if base_dir is not None and not local.is_absolute() else ""
+        raise ModelUnavailable(f"model: directory {ref!r} not found{where}",
+                               "give a model directory, builtin:smollm2-135m-instruct or an HF model id (org/name)")
+    return None
+
+
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelUnavailable(f"model {path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                               "repair or re-download the model directory") from None
+    if not isinstance(value, dict):
+        raise ModelUnavailable(f"model {path}: expected a JSON object", "repair or re-download the model directory")
+    return value
+
+
+def remote_code_refs(path: Path) -> list[str]:
+    """Where a model directory asks transformers to import its own Python code (auto_map entries)."""
+    found = []
+    for name in REMOTE_CODE_FILES:
+        if (path / name).is_file():
+            auto_map = _read_json(path / name).get("auto_map")
+            if auto_map:
+                found.append(f"{name} auto_map -> {', '.join(dict.fromkeys(_strings(auto_map))) or auto_map}")
+    return found
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    return [s for item in items for s in _strings(item)]
+
+
+def check_model_dir(path: Path, trust_remote_code: bool = False) -> None:
+    """Refuse what loading would make dangerous or fail on, before anything loads (no heavy imports).
+
+    Weights must be safetensors: pickle files (.bin, .pt, ...) can run code when loaded. A directory
+    whose config names its own Python code (auto_map) is refused unless the suite trusts it."""
+    if not path.is_dir():
+        raise ModelUnavailable(f"model {path}: not a directory", "give a model directory or an HF model id")
+    if not (path / "config.json").is_file():
+        hint = ("it holds a PEFT adapter: point model: at its base model" if (path / "adapter_config.json").is_file()
+                else "give a transformers model directory (save_pretrained) or an HF model id")
+        raise ModelUnavailable(f"model {path}: no config.json, not a transformers model directory", hint)
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise RefusedArtifact(f"model {path}: only pickle weights ({', '.join(pickles)})",
+                                  "convert them to safetensors; pickle files can execute code when loaded")
+        raise ModelUnavailable(f"model {path}: no weights (*.safetensors)",
+                               "save the model with save_pretrained(safe_serialization=True)")
+    code = remote_code_refs(path)
+    if code and not trust_remote_code:
+        raise RefusedArtifact(f"model {path}: needs its own Python code to load ({'; '.join(code)})",
+                              "use a model transformers supports natively; or, only if you have read that code, "
+                              "set trust_remote_code: true in the suite (it runs with your permissions)")
+
+
+def check_architecture(path: Path, trust_remote_code: bool = False) -> None:
+    """A config whose model_type this transformers does not know cannot load without custom code."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = _read_json(path / "config.json").get("model_type")
+    if trust_remote_code or model_type in CONFIG_MAPPING_NAMES:
+        return
+    if model_type is None:
+        raise ModelUnavailable(f"model {path}: config.json has no model_type", "repair or re-download the model")
+    import transformers
+
+    raise RefusedArtifact(f"model {path}: architecture {str(model_type)!r} is not built into transformers "
+                          f"{transformers.__version__} (custom code)",
+                          "use a supported architecture or a newer transformers; custom model code is never run "
+                          "unless the suite sets trust_remote_code: true")
 
 
 def refuse_unsafe_model_dir(path: Path) -> None:
-    """Weights must be safetensors: pickle files can run code when loaded."""
-    if not path.is_dir():
-        raise ModelUnavailable(f"model {path}: not a directory", "give a model directory or an HF model id")
-    if any(path.glob("*.safetensors")):
-        return
-    pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-    if pickles:
-        raise RefusedArtifact(f"model {path}: only pickle weights ({', '.join(pickles)})",
-                              "convert them to safetensors; pickle files can execute code when loaded")
+    """Kept for callers of the old name: check_model_dir without trusting remote code."""
+    check_model_dir(path, trust_remote_code=False)
 
 
 def ensure_builtin(name: str) -> Path:
@@ -181,7 +275,9 @@ def load(spec: ModelSpec, quantize_4bit: bool = False, compute_dtype: str = "flo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_libraries()
-    kwargs = {"dtype": torch.float32, "trust_remote_code": False}
+    trust = bool(getattr(spec, "trust_remote_code", False))
+    # safetensors only: transformers never falls back to unpickling .bin weights (hub models too).
+    kwargs = {"dtype": torch.float32, "trust_remote_code": trust, "use_safetensors": True}
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -191,11 +287,23 @@ def load(spec: ModelSpec, quantize_4bit: bool = False, compute_dtype: str = "flo
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": 0}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=trust)
         model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
     except OSError as exc:
-        raise ModelUnavailable(f"model {spec.ref!r}: {str(exc).splitlines()[0]}",
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "safetensors" in first:
+            raise RefusedArtifact(f"model {spec.ref!r}: no safetensors weights ({first})",
+                                  "use a model published as safetensors; pickle weights can execute code when "
+                                  "loaded and are refused") from None
+        raise ModelUnavailable(f"model {spec.ref!r}: {first}",
                                "give a local model directory, or an HF id with network access") from None
+    except ValueError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "trust_remote_code" in str(exc) or "custom code" in first:
+            raise RefusedArtifact(f"model {spec.ref!r}: needs its own Python code to load",
+                                  "use a model transformers supports natively; or, only if you have read that code, "
+                                  "set trust_remote_code: true in the suite (it runs with your permissions)") from None
+        raise ModelUnavailable(f"model {spec.ref!r}: {first}", "check that transformers supports this model") from None
     if quantize_4bit:
         _detach_from_checkpoint_file(model)
     if tokenizer.pad_token_id is None:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.errors import UsageError
+from harness.errors import UsageError, redact
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
@@ -76,6 +76,9 @@ class Cost(Model):
     artifact_bytes: int = Field(description="Size of the saved adapter or weights (0 for prompt arms).")
     eval_seconds: float = Field(description="Wall time of evaluating the test split.")
     eval_tokens: int = Field(description="Tokens run through the model during evaluation.")
+    eval_truncated: int = Field(0, description="Test prompts cut to fit the model's context (eval.overlong).")
+    train_skipped_examples: int = Field(0, description="Training examples over the backend's max_length, "
+                                                       "left out of training.")
     general_eval_seconds: float = Field(0.0, description="Wall time of the general tasks (0 when the "
                                                          "arm's model is the base model: reused).")
 
@@ -98,6 +101,8 @@ class ArmResult(Model):
     forgetting_summary: Forgetting | None = None
     cost: Cost | None = None
     loss_curve: list[tuple[int, float]] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="What training had to adapt, e.g. a smaller "
+                                                               "batch after running out of memory.")
     artifact: str | None = Field(None, description="Adapter or weights directory, relative to the run.")
     samples: str | None = Field(None, description="Per-example rows (JSONL), relative to the run.")
     general_samples: str | None = Field(None, description="Per-item rows of the general tasks (JSONL).")
@@ -166,7 +171,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_results(results: Results, out_dir: Path) -> Path:
     path = out_dir / RESULTS_FILE
-    atomic_write_text(path, results.model_dump_json(indent=2) + "\n")
+    atomic_write_text(path, redact(results.model_dump_json(indent=2)) + "\n")
     return path
 
 

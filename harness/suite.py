@@ -2,10 +2,17 @@
 
 `harness validate` and `harness compare` both call `load_suite`, so they report the same problems.
 Every problem is reported at once, each with its place (`backends.lora.r`), the bad value and a fix.
+
+YAML is read with a safe loader that refuses duplicate keys, alias bombs, deep nesting and files
+that are too big, and reads `1e-4` as a number and `yes`/`no` as strings (YAML 1.2 scalars).
 """
 
 from __future__ import annotations
 
+import re
+import string
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,14 +20,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness import registry
-from harness.errors import SuiteError
+from harness.errors import HarnessError, RefusedArtifact, SuiteError, shown
 from harness.metrics import METRICS
+from harness.regression import RegressionSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # coerce_numbers_to_str: `labels: [0, 1]` means the labels "0" and "1".
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 class TaskSpec(Strict):
@@ -43,6 +52,9 @@ class DataSpec(Strict):
 class EvalSpec(Strict):
     batch_tokens: int = Field(4096, gt=0, description="Token budget of one evaluation batch.")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
+    overlong: Literal["error", "truncate"] = Field(
+        "error", description="A prompt that does not fit the model's context: stop with an error naming the "
+                             "example, or keep its shared prefix and last tokens (counted in results).")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Matmul precision of evaluation: auto = bf16 autocast where the CPU or GPU "
                             "has fast bf16 (weights stay fp32), else float32.")
@@ -94,6 +106,8 @@ class BackendSpec(BaseModel):
 class Suite(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(description="builtin:smollm2-135m-instruct, an HF model id or a local directory.")
+    trust_remote_code: bool = Field(False, description="Let transformers import and run Python code shipped with "
+                                                        "the model (auto_map). Only for code you have read.")
     seed: int = 0
     task: TaskSpec
     data: DataSpec
@@ -103,6 +117,7 @@ class Suite(Strict):
     general: GeneralSpec | None = Field(None, description="default, a general set file, or a mapping.")
     decision: DecisionSpec = DecisionSpec()
     stats: StatsSpec = StatsSpec()
+    regression: RegressionSpec = RegressionSpec()
     path: str = Field("", description="The suite file (filled in by load_suite).")
 
     @field_validator("backends")
@@ -131,64 +146,281 @@ class Suite(Strict):
         return self.decision.metric or self.metrics[0]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe loader that refuses duplicate keys instead of silently keeping the last one."""
+MAX_YAML_BYTES = 1 << 20        # a suite or a general set is a small file
+MAX_YAML_DEPTH = 100            # nesting levels, after alias expansion too
+MAX_YAML_NODES = 1_000_000      # values after alias expansion (a "billion laughs" file has 10^9)
+MAX_YAML_CHARS = 16 << 20       # characters of text after alias expansion
+_BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+
+
+class SafeYamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no Python objects) that refuses duplicate keys and nesting deeper than
+    MAX_YAML_DEPTH while composing, and reads scalars as YAML 1.2 does where YAML 1.1 surprises:
+    `1e-4` is a number (1.1: a string) and only true/false are booleans (1.1: yes/no/on/off too)."""
+
+    def compose_node(self, parent, index):
+        depth = getattr(self, "_depth", 0) + 1
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+        self._depth = depth
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth - 1
+
+
+_INT_TAG = "tag:yaml.org,2002:int"
+SafeYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SafeYamlLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# PyYAML's int and float forms without base 60 (1.1 reads 10:30 as 630), and exponents without a dot.
+SafeYamlLoader.add_implicit_resolver(
+    _INT_TAG, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+SafeYamlLoader.add_implicit_resolver(
+    _FLOAT_TAG, re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?"
+                           r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+.0123456789"))
 
 
 def _construct_mapping(loader, node, deep=False):
-    seen = set()
+    seen: dict = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: the base constructor reports it
+        if first is not None:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
+                None, None, f"duplicate key {shown(key)} (first at line {first.line + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+SafeYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_UniqueKeyLoader = SafeYamlLoader   # the old name
 
 
-def read_yaml(path: Path) -> Any:
+def _check_expansion(root) -> None:
+    """Refuse a document whose aliases expand to a huge (or recursive, or too deep) structure before
+    anything constructs or walks it. Shared nodes are measured once, in O(distinct nodes)."""
+    memo: dict[int, tuple[int, int, int]] = {}        # node -> (values, characters, height) expanded
+
+    def too_deep(node):
+        return yaml.composer.ComposerError(None, None, f"aliases nest deeper than {MAX_YAML_DEPTH} levels",
+                                           node.start_mark)
+
+    def size(node, depth: int, active: set) -> tuple[int, int, int]:
+        key = id(node)
+        if key in memo:
+            if depth + memo[key][2] - 1 > MAX_YAML_DEPTH:
+                raise too_deep(node)
+            return memo[key]
+        if key in active:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to the collection that contains it "
+                                              "(a recursive structure)", node.start_mark)
+        if depth > MAX_YAML_DEPTH:
+            raise too_deep(node)
+        if isinstance(node, yaml.ScalarNode):
+            result = (1, len(node.value), 1)
+        else:
+            active.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            nodes, chars, height = 1, 0, 1
+            for child in children:
+                n, c, h = size(child, depth + 1, active)
+                nodes, chars, height = nodes + n, chars + c, max(height, h + 1)
+                if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"aliases expand this to more than {MAX_YAML_NODES:,} values or "
+                                    f"{MAX_YAML_CHARS >> 20} MiB of text (an alias bomb?)", node.start_mark)
+            active.discard(key)
+            result = (nodes, chars, height)
+        memo[key] = result
+        return result
+
+    size(root, 1, set())
+
+
+_YAML_FIXES = (
+    ("duplicate key", "keep one of them"),
+    ("nesting deeper", "flatten the structure"),
+    ("aliases nest", "remove the nested aliases (*name)"),
+    ("aliases expand", "remove the nested aliases (*name)"),
+    ("recursive", "remove the alias (*name) inside its own anchor (&name)"),
+    ("cannot start any token", "indent with spaces, not tabs, and quote values that start with @ or `"),
+    ("mapping values are not allowed", "quote the value if it contains ': ', or fix the indentation"),
+    ("could not determine a constructor", "remove the tag: only plain YAML is read (no !!python/... objects)"),
+    ("undefined alias", "define the anchor (&name) before using *name, or quote a value that starts with *"),
+    ("unhashable", "use plain text as keys"),
+)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line: where (line, column), what is wrong, what to do."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        return (f"line {line}, column {column}: invalid YAML: control character U+{code:04X} is not allowed; "
+                f"remove it (inside a double-quoted string, write it as \\u{code:04X})")
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark and (not mark or context_mark.line != mark.line):
+        problem += f" ({context} at line {context_mark.line + 1})"
+    fix = next((f for key, f in _YAML_FIXES if key in problem),
+               "check the brackets, quotes and indentation there")
+    return f"{where}invalid YAML: {problem}; {fix}"
+
+
+def parse_yaml(text: str, path: Path | str) -> Any:
+    """The one document in `text`, safely; SuiteError(path, [problem]) otherwise."""
+    loader = None
     try:
+        loader = SafeYamlLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise SuiteError(path, [_yaml_problem(exc, text)]) from None
+    except RecursionError:
+        raise SuiteError(path, ["invalid YAML: nesting too deep; flatten the structure"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml(path: Path, what: str = "suite") -> Any:
+    """Read a small YAML file (a suite, a general set): UTF-8, safe, bounded, one problem per line."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise SuiteError(path, [f"{size:,} bytes, more than a {what} file should be ({MAX_YAML_BYTES:,}); "
+                                    f"check that this is the {what} YAML file"])
         raw = path.read_bytes()
+    except IsADirectoryError:
+        raise SuiteError(path, [f"is a directory; give the {what} YAML file"]) from None
+    except FileNotFoundError:
+        raise SuiteError(path, [f"{what} file not found; check the path"]) from None
     except OSError as exc:
-        raise SuiteError(path, [f"cannot read the suite file: {exc.strerror}"]) from None
+        raise SuiteError(path, [f"cannot read the {what} file ({exc.strerror}); check its permissions"]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SuiteError(path, [f"byte {exc.start}: not UTF-8; save the file as UTF-8"]) from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SuiteError(path, [f"{where}invalid YAML: {problem}"]) from None
+        before = raw[: exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        raise SuiteError(path, [f"line {line}, column {column}: byte 0x{raw[exc.start]:02x} is not UTF-8; "
+                                f"save the file as UTF-8"]) from None
+    return parse_yaml(text.removeprefix("\ufeff"), path)
 
 
 def _place(loc) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _pydantic_problems(error: ValidationError, prefix: str = "") -> list[str]:
-    problems = []
-    for item in error.errors():
-        place = prefix + _place(item["loc"])
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{place}: unknown key (remove it or check its spelling)")
+# What to do, by pydantic error type (the message says what is wrong).
+_PYDANTIC_FIXES = {
+    "int_parsing": "write a whole number", "int_type": "write a whole number",
+    "int_from_float": "write a whole number",
+    "float_parsing": "write a number, e.g. 0.001 or 1e-3", "float_type": "write a number, e.g. 0.001 or 1e-3",
+    "bool_parsing": "write true or false", "bool_type": "write true or false",
+    "string_type": "write text (quote it)", "list_type": "write a list, e.g. [a, b]",
+    "dict_type": "write a mapping, e.g. {key: value}", "model_type": "write a mapping of its keys",
+    "model_attributes_type": "write a mapping of its keys",
+    "string_pattern_mismatch": "use letters, digits, '_', '-' and '.', starting with a letter or digit",
+    "literal_error": "use one of those values", "too_short": "add at least one", "too_long": "remove some",
+    "greater_than": "change the value", "greater_than_equal": "change the value",
+    "less_than": "change the value", "less_than_equal": "change the value",
+    "finite_number": "write a finite number",
+}
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "is-instance", "literal"}
+
+
+def _unwrap(annotation) -> tuple[type[BaseModel] | None, int]:
+    """The pydantic model inside an annotation (through Optional, list, dict) and how many
+    container levels (list indices, dict keys) sit between the field and that model."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, 0
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (list, dict, tuple, set, frozenset) and args:
+        model, levels = _unwrap(args[-1])
+        return model, levels + 1
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            model, levels = _unwrap(arg)
+            if model is not None:
+                return model, levels
+    return None, 0
+
+
+def _model_at(root: type[BaseModel], loc) -> type[BaseModel] | None:
+    """The pydantic model that holds the keys at `loc` (a path of field names, indices and keys)."""
+    model, skip = root, 0
+    for part in loc:
+        if skip:
+            skip -= 1
             continue
-        shown = item.get("input")
-        value = "" if item["type"] == "missing" else f" (got {shown!r})"
-        problems.append(f"{place}: {item['msg']}{value}")
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        model, skip = _unwrap(model.model_fields[part].annotation)
+    return None if skip else model
+
+
+def _pydantic_problems(error: ValidationError, prefix: str = "", root: type[BaseModel] | None = None) -> list[str]:
+    """One `place: problem (got value); fix` line per place, from pydantic's errors."""
+    root = root or Suite
+    items = error.errors()
+    # A union field reports once per member, tagged (target_modules.list[str], margin.float): one place.
+    parents = [tuple(i["loc"][:-1]) for i in items if i["loc"] and isinstance(i["loc"][-1], str)]
+    by_place: dict[str, list[dict]] = {}
+    for item in items:
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and "[" in p))
+        if loc and isinstance(loc[-1], str) and loc[-1] in _TYPE_TAGS and parents.count(tuple(item["loc"][:-1])) > 1:
+            loc = loc[:-1]
+        by_place.setdefault(_place(loc), []).append({**item, "loc": loc})
+    problems = []
+    for place, items in by_place.items():
+        first = items[0]
+        full = prefix + place
+        if first["type"] == "extra_forbidden":
+            parent = _model_at(root, first["loc"][:-1])
+            known = list(parent.model_fields) if parent else []
+            known = [k for k in known if k != "path"]
+            hint = registry.did_you_mean(str(first["loc"][-1]), known) if known else ""
+            listing = f" (keys here: {', '.join(known)})" if known else ""
+            problems.append(f"{full}: unknown key{hint}; remove it or check its spelling{listing}")
+            continue
+        if first["type"] == "missing":
+            parent = _model_at(root, first["loc"][:-1])
+            field = parent.model_fields.get(str(first["loc"][-1])) if parent else None
+            about = f" ({field.description})" if field is not None and field.description else ""
+            problems.append(f"{full}: Field required; add it{about}")
+            continue
+        message = " or ".join(dict.fromkeys(i["msg"] for i in items))
+        fix = _PYDANTIC_FIXES.get(first["type"])
+        problems.append(f"{full}: {message} (got {shown(first.get('input'))})" + (f"; {fix}" if fix else ""))
     return problems
 
 
-def _backend_problems(raw_backends: Any) -> list[str]:
-    """Check every arm's type and options against its backend's Options model."""
+def _backend_problems(raw_backends: Any) -> tuple[list[str], dict]:
+    """Check every arm's type and options against its backend's Options model.
+
+    Returns the problems and the backends with their options as the Options model reads them
+    (`max_steps: 1e3` becomes 1000), keeping only the options the suite sets."""
     if not isinstance(raw_backends, dict):
-        return []
-    problems = []
+        return [], raw_backends
+    problems, normalized = [], dict(raw_backends)
     for arm, spec in raw_backends.items():
         if not isinstance(spec, dict) or "type" not in spec:
             continue  # pydantic reports the missing type
@@ -199,17 +431,25 @@ def _backend_problems(raw_backends: Any) -> list[str]:
             problems.append(f"backends.{arm}.type: {exc.args[0]}")
             continue
         options = {k: v for k, v in spec.items() if k != "type"}
+        bad_keys = [k for k in options if not isinstance(k, str)]
+        if bad_keys:
+            problems += [f"backends.{arm}.{shown(k)}: option names are text; write a name such as "
+                         f"{next(iter(backend.Options.model_fields), 'shots')}" for k in bad_keys]
+            continue
         try:
-            backend.Options(**options)
+            parsed = backend.Options.model_validate(options)
         except ValidationError as exc:
-            for line in _pydantic_problems(exc, prefix=f"backends.{arm}."):
-                if "unknown key" in line:
-                    key = line.split(":")[0].rsplit(".", 1)[-1]
+            for line in _pydantic_problems(exc, prefix=f"backends.{arm}.", root=backend.Options):
+                place = line.split(":")[0]
+                if line.startswith(place + ": unknown key"):
+                    key = place.rsplit(".", 1)[-1]
                     hint = registry.did_you_mean(key, backend.Options.model_fields)
-                    line = f"{line.split(':')[0]}: unknown option for type {type_name}{hint}; " \
+                    line = f"{place}: unknown option for type {type_name}{hint}; " \
                            f"options: {', '.join(backend.Options.model_fields)}"
                 problems.append(line)
-    return problems
+            continue
+        normalized[arm] = {"type": type_name, **parsed.model_dump(mode="json", exclude_unset=True)}
+    return problems, normalized
 
 
 def _metric_problems(raw: dict) -> list[str]:
@@ -219,58 +459,134 @@ def _metric_problems(raw: dict) -> list[str]:
         return []
     problems = []
     for i, name in enumerate(metrics):
+        if not isinstance(name, str):
+            continue  # pydantic reports the type
         if name not in METRICS:
-            problems.append(f"metrics.{i}: unknown metric {name!r}{registry.did_you_mean(name, METRICS)}; "
+            problems.append(f"metrics.{i}: unknown metric {shown(name)}{registry.did_you_mean(name, METRICS)}; "
                             f"known: {', '.join(METRICS)}")
-        elif kind and kind not in METRICS[name].kinds:
-            problems.append(f"metrics.{i}: {name} does not apply to {kind} tasks")
+        elif isinstance(kind, str) and kind not in METRICS[name].kinds:
+            problems.append(f"metrics.{i}: {name} does not apply to {kind} tasks; remove it")
     return problems
 
 
-def _path_problems(suite: Suite) -> list[str]:
+def template_fields(template: str) -> list[str]:
+    """The {column} names a prompt/target template uses; ValueError for a malformed template."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+def _template_problems(suite: Suite) -> list[str]:
     problems = []
+    for field in ("prompt", "target"):
+        template = getattr(suite.task, field)
+        try:
+            names = template_fields(template)
+        except ValueError as exc:
+            problems.append(f"task.{field}: {exc} in {shown(template)}; write {{{{ and }}}} for literal braces")
+            continue
+        for name in names:
+            if not name or name.isdigit() or any(c in name for c in ".[]"):
+                problems.append(f"task.{field}: {{{name}}} is not a column name; write {{column}} with a column of "
+                                "the data, and {{ }} for literal braces")
+    if suite.task.labels is not None and any(not label.strip() for label in suite.task.labels):
+        problems.append("task.labels: a label is empty; remove it or write its text")
+    if any(stop == "" for stop in suite.task.stop):
+        problems.append("task.stop: an empty stop string would end every generation at once; remove it")
+    return problems
+
+
+def _model_problems(suite: Suite) -> tuple[list[str], RefusedArtifact | None]:
+    """Checks of `model:` that need no model loaded: a built-in name, a local directory's files."""
+    from harness import models
+
+    try:
+        if suite.model.startswith(models.BUILTIN_PREFIX):
+            name = suite.model[len(models.BUILTIN_PREFIX):]
+            if name not in models.BUILTINS:
+                return [f"model: unknown built-in model {shown(name)}"
+                        f"{registry.did_you_mean(name, models.BUILTINS)}; known: "
+                        f"{', '.join(models.BUILTIN_PREFIX + n for n in models.BUILTINS)}"], None
+            return [], None
+        local = models.local_model_dir(suite.model, suite.base_dir)
+        if local is not None:
+            models.check_model_dir(local, suite.trust_remote_code)
+    except RefusedArtifact as exc:
+        return [], exc
+    except HarnessError as exc:
+        return [f"model: {exc.message.removeprefix('model: ').removeprefix('model ')}"
+                + (f"; {exc.hint}" if exc.hint else "")], None
+    return [], None
+
+
+def _path_problems(suite: Suite) -> list:
+    problems: list = []
     for split in ("train", "validation", "test"):
         source = getattr(suite.data, split)
         if source is None or source.startswith("hf:"):
             continue
-        if not (suite.base_dir / source).exists():
+        local = suite.base_dir / source
+        if local.is_dir():
+            problems.append(f"data.{split}: {source!r} is a directory; give a .jsonl, .csv or .parquet file, "
+                            "or hf:DIR for a saved Hugging Face dataset")
+        elif local.suffix.lower() not in (".jsonl", ".csv", ".parquet"):
+            problems.append(f"data.{split}: unsupported file type {local.suffix or source!r}; use .jsonl, .csv, "
+                            ".parquet or hf:NAME")
+        elif not local.exists():
             problems.append(f"data.{split}: file {source!r} not found (paths are relative to the suite file, "
-                            f"{suite.base_dir})")
+                            f"{suite.base_dir}); fix the path")
     if suite.task.kind == "classification" and not suite.task.labels:
         problems.append("task.labels: a classification task needs its label set, e.g. [negative, positive]")
     if suite.task.labels and len(set(suite.task.labels)) != len(suite.task.labels):
-        problems.append(f"task.labels: labels repeat ({suite.task.labels})")
+        problems.append(f"task.labels: labels repeat ({suite.task.labels}); list each label once")
     if suite.decision.metric and suite.decision.metric not in suite.metrics:
-        problems.append(f"decision.metric: {suite.decision.metric!r} is not one of metrics {suite.metrics}")
+        problems.append(f"decision.metric: {suite.decision.metric!r} is not one of metrics {suite.metrics}; "
+                        "add it to metrics or pick one of them")
     if suite.general and suite.general.set:
-        from harness.general import resolve_set_path
+        from harness.general import general_set_problems, resolve_set_path
 
-        if not resolve_set_path(suite.general.set, suite.base_dir).exists():
-            problems.append(f"general.set: file {suite.general.set!r} not found (relative to the suite file)")
-    return problems
+        set_path = resolve_set_path(suite.general.set, suite.base_dir)
+        if not set_path.exists():
+            problems.append(f"general.set: file {suite.general.set!r} not found (relative to the suite file); "
+                            "fix the path, use default, or remove general:")
+        else:
+            problems += general_set_problems(set_path)
+    if suite.general and suite.general.lm_eval_include and not (suite.base_dir / suite.general.lm_eval_include).is_dir():
+        problems.append(f"general.lm_eval_include: directory {suite.general.lm_eval_include!r} not found "
+                        "(relative to the suite file)")
+    return problems + _template_problems(suite)
 
 
 def load_suite(path: str | Path) -> Suite:
-    """Read, validate and freeze a suite. Raises SuiteError listing every problem found."""
+    """Read, validate and freeze a suite. Raises SuiteError listing every problem found (exit 2),
+    or RefusedArtifact (exit 4) for a model directory that is unsafe to load and nothing else."""
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise SuiteError(path, ["the suite must be a mapping of keys (name, model, task, data, ...)"])
-    problems = _backend_problems(raw.get("backends")) + _metric_problems(raw)
+        raise SuiteError(path, ["the suite must be a mapping of keys (name, model, task, data, ...); "
+                                "see the suite reference in the README"])
+    problems, backends = _backend_problems(raw.get("backends"))
+    problems += _metric_problems(raw)
     suite = None
     try:
-        suite = Suite(**{**raw, "path": str(path.resolve())})
+        data = {**raw, "path": str(path.resolve())}
+        if "backends" in raw:
+            data["backends"] = backends
+        suite = Suite.model_validate(data)
     except ValidationError as exc:
         # pydantic sees only each arm's `type`; options were checked above by the backend's model
         problems = _pydantic_problems(exc) + problems
-    except TypeError as exc:
-        problems.append(str(exc))
+    refused = None
     if suite is not None:
         problems += _path_problems(suite)
+        model_problems, refused = _model_problems(suite)
+        problems += model_problems
+    if refused is not None and not problems:
+        raise RefusedArtifact(f"{path}: model: {refused.message.removeprefix('model ')}", refused.hint)
+    if refused is not None:
+        problems.append(f"model: {refused.message.removeprefix('model ')}; {refused.hint}")
     if problems:
         raise SuiteError(path, _dedupe(problems))
     return suite
 
 
-def _dedupe(items: list[str]) -> list[str]:
+def _dedupe(items: list) -> list:
     return list(dict.fromkeys(items))

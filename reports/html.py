@@ -1,7 +1,7 @@
 """report.html: one self-contained, offline file rendered from results.json and the run's samples.
 
 Jinja2 with autoescape on renders templates/report.html.j2; every text from the data or a model
-is escaped there. Only the SVG strings built by reports.charts (which escape their own text) are
+is escaped there, after secrets are redacted (_finalize). Only the SVG strings built by reports.charts (which escape their own text) are
 inserted as markup. No number is computed here: values, intervals, differences and p-values are
 read from results; this module only picks, orders and formats them.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from harness.errors import printable, redactor
 from harness.results import ArmResult, Results
 from reports import _format as fmt
 from reports import charts
@@ -23,10 +24,21 @@ TEMPLATES = Path(__file__).parent / "templates"
 VERDICT_CLASS = {"GO": "go", "NO-GO": "nogo", "INCONCLUSIVE": "inconclusive"}
 
 
+_redact = redactor()     # replaced at each render_html, so the environment's secrets are current
+
+
+def _finalize(value):
+    """Every {{ }} value: secrets redacted and control characters (terminal escapes, bidi overrides)
+    shown as escapes; then Jinja autoescapes it (Markup, the charts, stays markup)."""
+    if isinstance(value, Markup):
+        return Markup(printable(_redact(str(value))))
+    return printable(_redact(value)) if isinstance(value, str) else value
+
+
 @lru_cache(maxsize=1)
 def _env() -> Environment:
     return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
-                       trim_blocks=True, lstrip_blocks=True)
+                       trim_blocks=True, lstrip_blocks=True, finalize=_finalize)
 
 
 def _tone(results: Results, c) -> str:
@@ -185,6 +197,8 @@ def _fingerprints(results: Results) -> list[dict]:
 
 
 def render_html(results: Results, run_dir: Path) -> str:
+    global _redact
+    _redact = redactor()
     primary = fmt.primary_metric(results)
     front = fmt.pareto_front(results, primary)
     colors = charts.arm_colors(list(results.arms))

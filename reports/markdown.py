@@ -1,16 +1,30 @@
 """report.md: the same content as report.html (less the charts and the per-example view), from
-results.json only. Text from the data is escaped: Markdown viewers pass raw HTML through."""
+results.json only. Text from the data or a model is escaped so that any Markdown viewer shows it
+as the text it is: no raw HTML (viewers pass it through), no links or images, no emphasis, code
+spans, math or block structure, no cell or line breaks; secrets are redacted."""
 
 from __future__ import annotations
 
+import re
+
+from harness.errors import one_line, redactor
 from harness.results import Results
 from reports import _format as fmt
 
+_MD_ESCAPES = str.maketrans({"\\": "\\\\", "`": "\\`", "*": "\\*", "~": "\\~", "|": "\\|", "$": "\\$",
+                             "&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_EDGE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")   # intraword _ never emphasises
+_LINK_SYNTAX = re.compile(r"\](?=[(\[:])")                              # [text](url), [text][ref], [ref]: url
+_BARE_LINK = re.compile(r"(?i)(?<=:)//|(?<=\bwww)\.")                    # GFM autolinks: https://x, www.x
+_BLOCK_START = re.compile(r"^(?:[-+]|#{1,6}|\d{1,9}(?=[.)]))(?=[.)]?(?:\s|$)|-)")  # list, heading, rule at a line start
 
-def md(text) -> str:
-    """Escape text for a Markdown table cell or line: no raw HTML, no cell breaks, one line."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-    return " ".join(s.split())
+
+def md(text, redact=None) -> str:
+    """Escape text from the data or a model for a Markdown table cell or line (see the module doc)."""
+    s = one_line(" ".join((redact or redactor())(text).split()))
+    s = _EDGE_UNDERSCORE.sub(r"\\_", s.translate(_MD_ESCAPES))
+    s = _BARE_LINK.sub(lambda m: "\\/\\/" if m.group() == "//" else "\\.", _LINK_SYNTAX.sub("]\\\\", s))
+    return _BLOCK_START.sub(lambda m: m.group() + "\\" if m.group().isdigit() else "\\" + m.group(), s)
 
 
 def _row(cells: list[str]) -> str:

@@ -78,14 +78,14 @@ def test_backend_conformance(name, tiny_model_dir, tmp_path, monkeypatch):
     assert 0 < stats.trainable_params <= stats.total_params and stats.artifact_bytes > 0
     assert len(stats.loss_curve) == 2 and all(math.isfinite(loss) for _, loss in stats.loss_curve)
     assert Path(handle.artifact_path).is_relative_to(workdir)
-    trainable = {n for n, p in handle.model.named_parameters() if p.requires_grad}
     adapter = (Path(handle.artifact_path) / "adapter_config.json").exists()
     if adapter:
-        moved = [n for n, p in handle.model.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
-        assert moved, "LoRA B matrices start at zero and must have moved"
-        assert all("lora_" in n for n in trainable)
-        untouched = [k for k in base_weights if "proj" not in k] if name == "qlora" else list(base_weights)
-        for key in untouched:   # 4-bit layers are compared through their frozen flag above
+        saved = load_file(Path(handle.artifact_path) / "adapter_model.safetensors")
+        assert saved and all("lora_" in k for k in saved), "the adapter holds only LoRA weights"
+        assert any("lora_B" in k and v.abs().sum() > 0 for k, v in saved.items()), \
+            "LoRA B matrices start at zero and must have moved"
+        # evaluation runs the adapter folded into the weights: only the adapted projections differ
+        for key in [k for k in base_weights if "proj" not in k]:
             assert torch.equal(model_weights[key].float(), base_weights[key].float()), key
     else:
         changed = [k for k, v in base_weights.items() if not torch.equal(model_weights[k], v)]

@@ -15,7 +15,7 @@ from .conftest import make_suite
 def test_compare_tiny_suite_end_to_end(tmp_path, tiny_model_dir):
     backends = ("  zero-shot: {type: prompt, shots: 0}\n"
                 "  few-shot: {type: prompt, shots: 2}\n"
-                "  too-many-shots: {type: prompt, shots: 50}\n"
+                "  too-long: {type: lora, max_steps: 2, max_length: 9}\n"   # fails in training
                 "  full: {type: full, max_steps: 2, batch_size: 4, learning_rate: 1e-3}\n"
                 "  lora: {type: lora, max_steps: 2, batch_size: 4}\n"
                 "  qlora: {type: qlora, max_steps: 2, batch_size: 4}\n")
@@ -25,9 +25,9 @@ def test_compare_tiny_suite_end_to_end(tmp_path, tiny_model_dir):
     assert result.exit_code == 5, result.output      # one arm failed, the others are kept
 
     results = read_results(out)
-    assert list(results.arms) == ["zero-shot", "few-shot", "too-many-shots", "full", "lora", "qlora"]
-    failed = results.arms["too-many-shots"]
-    assert failed.status == "failed" and "shots=50 but the train split has only 8 examples" in failed.error
+    assert list(results.arms) == ["zero-shot", "few-shot", "too-long", "full", "lora", "qlora"]
+    failed = results.arms["too-long"]
+    assert failed.status == "failed" and "longer than max_length=9" in failed.error
     for name in ["zero-shot", "few-shot", "full", "lora", "qlora"]:
         arm = results.arms[name]
         assert arm.status == "ok", (name, arm.error)
@@ -44,7 +44,7 @@ def test_compare_tiny_suite_end_to_end(tmp_path, tiny_model_dir):
     assert results.arms["lora"].cost.trainable_params < results.arms["full"].cost.trainable_params
 
     report = (out / "report.md").read_text()
-    assert "| qlora | qlora |" in report and "Cost ledger" in report and "too-many-shots" in report
+    assert "| qlora | qlora |" in report and "Cost ledger" in report and "too-long" in report
     (out / "report.md").unlink()
     rerender = CliRunner().invoke(main, ["report", str(out)])
     assert rerender.exit_code == 0, rerender.output

@@ -83,7 +83,7 @@ def test_markdown_escapes_data_text(run):
     results, _ = run
     md = render_markdown(results)
     assert "<script" not in md and "<b>" not in md
-    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in md and "&lt;b&gt;x&lt;/b&gt;" in md
+    assert "&lt;script&gt;window.\\_\\_pwned=1&lt;/script&gt;" in md and "&lt;b&gt;x&lt;/b&gt;" in md
 
 
 def test_metric_table_for_the_cli_includes_intervals(run):

@@ -285,7 +285,9 @@ def _greedy(scorer, first, mask, start_pos, cache, max_new, stop_ids):
         if bool(done.all()) or step == max_new - 1:
             break
         mask = torch.cat([mask, torch.ones(n, 1, dtype=torch.long, device=dev)], dim=1)
-        hidden = scorer.step(token[:, None], mask, (start_pos + step)[:, None], cache)
+        # One token per row: memory-bound, so bf16 autocast would only add a cast of every weight.
+        with torch.autocast(scorer.device.type, enabled=False):
+            hidden = scorer.step(token[:, None], mask, (start_pos + step)[:, None], cache)
         token = scorer.log_probs(hidden[:, -1]).argmax(dim=-1)
     return out
 

@@ -117,6 +117,7 @@ def _macro_f1_score(stats):
     return float(_fbeta_reduce(tp, fp, tn, fn, beta=1.0, average="macro", multidim_average="global"))
 
 
+@lru_cache(maxsize=2)
 def _sacrebleu_metric(name: str):
     from sacrebleu.metrics import BLEU, CHRF
 

@@ -15,7 +15,8 @@ weight is read:
 
 `open_candidate` loads the base model once, fingerprints it, runs the probe prompts through it,
 applies the adapter (or loads the merged model) and runs them again: logits identical to the
-base model's mean the adapter is a no-op or is not attached.
+base model's mean the adapter is a no-op or is not attached. An adapter is then merged into the
+base weights for evaluation (as compare does), after the probe saw it unmerged.
 """
 
 from __future__ import annotations
@@ -246,7 +247,23 @@ def open_candidate(candidate: Candidate, base: ModelSpec, probe_prompts, allow_p
         fingerprints.update(tokenizer_fingerprints(tokenizer))
         fingerprints["model"] = candidate.sha256
     probe = Probe(len(prompts), _max_diff(before, probe_logits(model, prompts)))
+    if candidate.kind == "adapter":
+        model = merge_for_eval(model)
     return Opened(model, tokenizer, fingerprints, probe, time.perf_counter() - start)
+
+
+def merge_for_eval(peft_model):
+    """Fold the adapter into the base weights for evaluation, as compare does for its LoRA arms
+    (backends/_sft.py): the same function without the adapter's extra matmuls on every layer, and
+    the very weights `harness export --merged` writes, so an exported model scores exactly as its
+    adapter. Adapters on the embeddings or the output head stay unmerged: with tied embeddings,
+    merging one would change the other."""
+    base = peft_model.get_base_model()
+    adapted = [m for m in (base.get_input_embeddings(), base.get_output_embeddings())
+               if m is not None and any(hasattr(m, attr) for attr in ("lora_A", "lora_embedding_A"))]
+    if adapted or getattr(peft_model, "modules_to_save", None):
+        return peft_model
+    return peft_model.merge_and_unload().eval()
 
 
 def _apply_adapter(model, path: Path, allow_pickle: bool):

@@ -280,7 +280,18 @@ def environment() -> dict:
             versions[package] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     return {"python": sys.version.split()[0], "platform": platform.platform(), "device": device,
-            "cpu_threads": torch.get_num_threads(), "versions": versions}
+            "cpu_threads": torch.get_num_threads(), "versions": versions, "harness_code": evaluation_code_sha256()}
+
+
+EVALUATION_CODE = ("evaluate.py", "general.py", "prompts.py", "metrics.py", "candidate.py", "models.py")
+
+
+def evaluation_code_sha256() -> str:
+    """The harness source that turns a model into per-example numbers: a baseline recorded by other
+    code may differ for that reason alone (reported as a note, not a reason to refuse)."""
+    from harness.fingerprint import files_sha256
+
+    return files_sha256(Path(__file__).parent, EVALUATION_CODE)
 
 
 def make_baseline(ctx: Context, ev: Evaluation) -> Baseline:
@@ -320,7 +331,7 @@ def read_baseline(path: Path) -> Baseline:
 # -- comparison -----------------------------------------------------------------------------------------
 
 def _not_comparable(baseline: Baseline, path: Path, problems: list[str]) -> NotComparable:
-    return NotComparable(f"{path} is not comparable with this run: " + "; ".join(problems),
+    return NotComparable("\n".join(f"{path}: not comparable: {problem}" for problem in problems),
                          f"the baseline was recorded for suite {baseline.suite.get('name')!r} with candidate "
                          f"{baseline.candidate.get('path')}; record a new baseline for this suite, model and data")
 
@@ -386,8 +397,13 @@ def run_regress(ctx: Context, candidate: Candidate, baseline_path: Path, allow_p
     notes = list(candidate.notes)
     if candidate.sha256 == baseline.candidate.get("sha256"):
         notes.append("the candidate's files are identical to the baseline's")
-    if baseline.environment.get("versions") != environment()["versions"]:
+    now = environment()
+    if baseline.environment.get("versions") != now["versions"]:
         notes.append(f"library versions differ from the baseline's: {baseline.environment.get('versions')} "
-                     f"then, {environment()['versions']} now")
+                     f"then, {now['versions']} now; small differences may come from them, not the candidate")
+    if baseline.environment.get("harness_code") != now["harness_code"]:
+        notes.append(f"the harness's evaluation code differs from the one that recorded the baseline (harness "
+                     f"{baseline.harness_version} then, {__version__} now); small differences may come from it, "
+                     "not the candidate")
     seconds = {**ev.seconds, "total": time.perf_counter() - start}
     return GateResult(ctx.suite.name, candidate, baseline, checks, ev.probe, notes, seconds)

@@ -263,13 +263,6 @@ def _prepare(model, peft_config, quantize_4bit: bool, options):
     return get_peft_model(model, peft_config)
 
 
-def merge_for_eval(peft_model):
-    """Fold the adapter into the base weights for evaluation (the saved adapter is unchanged):
-    the same function, without the adapter's extra matmuls on every layer. An untrained adapter
-    (B = 0) adds exactly zero, so it still scores exactly as the base model (tested)."""
-    return peft_model.merge_and_unload().eval()
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
@@ -322,6 +315,8 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     stats.artifact_bytes = _dir_bytes(artifact)
     model.eval()
     if peft_config is not None and not quantize_4bit:
+        from harness.candidate import merge_for_eval   # the gate evaluates adapters the same way
+
         model = merge_for_eval(model)
     return ModelHandle(model=model, tokenizer=tokenizer, artifact_path=str(artifact), stats=stats)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from harness import __version__
 from harness.backend import ModelSpec, TrainStats
+from harness.fingerprint import file_sha256
 from harness.models import cache_dir
 
 CACHE_VERSION = 1
@@ -56,18 +57,10 @@ def model_fingerprint(model: ModelSpec) -> str:
         stat = path.stat()
         stamp = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         if stamp not in memo:
-            memo[stamp] = _file_sha256(path)
+            memo[stamp] = file_sha256(path)
         files[path.relative_to(root).as_posix()] = memo[stamp]
     _write_json_atomic(memo_path, memo)
     return _digest(files)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def arm_key(job, model_fp: str) -> str:

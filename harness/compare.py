@@ -6,7 +6,6 @@ results.json is rewritten after each arm, so an interrupted run keeps every fini
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import platform
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from harness.backend import ModelSpec
 from harness.data import SPLITS, SuiteData
 from harness.decide import decide
 from harness.errors import UsageError, redact
+from harness.fingerprint import file_sha256
 from harness.general import general_metric_info
 from harness.metrics import METRICS
 from harness.results import (ArmResult, Cost, DataFile, General, GeneralTask, Results, write_results,
@@ -43,14 +43,6 @@ def select_arms(suite: Suite, only: list[str] | None) -> list[str]:
         raise UsageError(f"--only: no arm named {', '.join(unknown)} in {suite.path}",
                          f"arms: {', '.join(names)}")
     return [n for n in names if n in only]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def environment(model: ModelSpec, eval_bf16: bool) -> dict:
@@ -78,11 +70,11 @@ def new_results(suite: Suite, model: ModelSpec, data: SuiteData) -> Results:
             continue
         local = suite.base_dir / source
         files[split] = DataFile(source=source, examples=len(getattr(data, split)),
-                                sha256=None if source.startswith("hf:") else _sha256(local))
+                                sha256=None if source.startswith("hf:") else file_sha256(local))
     task = suite.task.model_dump()
     return Results(
         harness_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        suite={"name": suite.name, "path": suite.path, "sha256": _sha256(Path(suite.path)),
+        suite={"name": suite.name, "path": suite.path, "sha256": file_sha256(Path(suite.path)),
                "task": task, "metrics": list(suite.metrics), "seed": suite.seed,
                "primary_metric": suite.primary_metric, "decision": suite.decision.model_dump()},
         model={"ref": model.ref, "path": model.path, "train_dtype": model.train_dtype},
@@ -96,7 +88,7 @@ def _general_header(data: SuiteData) -> General | None:
     if data.general is None:
         return None
     tasks = {t.name: GeneralTask(kind=t.spec.kind, source=t.path, examples=len(t.items) - t.spec.shots,
-                                 sha256=None if t.spec.kind == "lm_eval" else _sha256(Path(t.path)))
+                                 sha256=None if t.spec.kind == "lm_eval" else file_sha256(Path(t.path)))
              for t in data.general.tasks}
     return General(tasks=tasks, metrics={})
 

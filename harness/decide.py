@@ -86,7 +86,7 @@ def _cheapest_good(results: Results, winners: list[Gain], metric: str, alpha: fl
     chosen = min(candidates, key=cost)
     if chosen == best.arm:
         return chosen, f"recommended {chosen}: the best gain" + (
-            f", and no cheaper arm is statistically as good" if len(winners) > 1 else "")
+            ", and no cheaper arm is statistically as good" if len(winners) > 1 else "")
     c = results.arms[chosen].cost
     return chosen, (f"recommended {chosen}: not significantly worse than {best.arm} on {metric} and cheaper "
                     f"({c.train_seconds:.0f} s training, {c.peak_memory_bytes / GIB:.2f} GiB peak)")

@@ -16,15 +16,6 @@ from harness.regression import Check
 MAX_IDS = 10
 
 
-def _worst(check: Check) -> float:
-    """The worst plausible change in the metric's own direction (one-sided bound)."""
-    return check.lower if check.higher_is_better else -check.lower
-
-
-def _limit(check: Check) -> float:
-    return -check.margin if check.higher_is_better else check.margin
-
-
 def _suite_element(root: ET.Element, name: str, cases: list[ET.Element], seconds: float) -> ET.Element:
     failures = sum(1 for c in cases if c.find("failure") is not None)
     errors = sum(1 for c in cases if c.find("error") is not None)
@@ -116,7 +107,7 @@ def markdown(result) -> str:
     for c in result.checks:
         arrow = "↑" if c.higher_is_better else "↓"
         lines.append(f"| {c.key} {arrow} | {_fmt(c.baseline)} | {_fmt(c.candidate)} | {c.difference:+.4g} | "
-                     f"{_worst(c):+.4g} | {_limit(c):+.4g} | {'✅' if c.passed else '❌'} |")
+                     f"{c.worst:+.4g} | {c.limit:+.4g} | {'✅' if c.passed else '❌'} |")
     lines.append("")
     failures = result.failures()
     if failures:

@@ -168,13 +168,22 @@ class Check:
     worse: int | None = None     # ... only the baseline gets right
     broke: list[str] = field(default_factory=list)   # 0/1 metrics: ids right in the baseline, wrong now
 
+    @property
+    def worst(self) -> float:
+        """The worst plausible change (one-sided bound), in the metric's own direction and units."""
+        return self.lower if self.higher_is_better else -self.lower
+
+    @property
+    def limit(self) -> float:
+        """The tolerated worsening as a change: -margin (higher is better) or +margin (lower is better)."""
+        return -self.margin if self.higher_is_better else self.margin
+
     def reason(self) -> str:
         direction = "higher" if self.higher_is_better else "lower"
-        verdict = "not worse" if self.passed else "may be worse"
-        return (f"{self.key}: {self.candidate:.4g} vs baseline {self.baseline:.4g} ({direction} is better); "
-                f"difference {self.difference:+.4g}, one-sided {self.confidence:.0%} bound of the change "
-                f"{self.lower:+.4g} {'>' if self.passed else '<='} -{self.margin:.4g} (margin {self.margin_text}): "
-                f"{verdict} than the baseline by more than the margin"
+        verdict = "within" if self.passed else "beyond"
+        return (f"{self.key}: {self.candidate:.4g} vs baseline {self.baseline:.4g} ({direction} is better), change "
+                f"{self.difference:+.4g}; worst plausible change {self.worst:+.4g} (one-sided {self.confidence:.0%}) "
+                f"is {verdict} the limit {self.limit:+.4g} (margin {self.margin_text})"
                 + (f"; {self.worse} examples got worse, {self.better} better" if self.worse is not None else ""))
 
 

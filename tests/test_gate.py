@@ -286,7 +286,7 @@ def test_non_inferiority_fails_a_clear_drop_and_lists_broken_examples():
     check = non_inferiority(METRICS["accuracy"], "accuracy", "task", "s", new, base, ids, Margin(0.02), 0.95, 1000, 0)
     assert not check.passed and check.difference == pytest.approx(-0.15) and check.lower < -0.02
     assert check.broke == ids[:15] and (check.better, check.worse) == (0, 15)
-    assert "may be worse" in check.reason()
+    assert "is beyond the limit -0.02" in check.reason() and "15 examples got worse" in check.reason()
     # A small drop inside a wide margin passes.
     small = _binary([0] * 1 + [1] * 89 + [0] * 10)
     assert non_inferiority(METRICS["accuracy"], "accuracy", "task", "s", small, base, ids, Margin(0.1), 0.95,

@@ -40,9 +40,9 @@ def test_gate_end_to_end_on_the_builtin_model(tmp_path, tmp_path_factory, monkey
     train_suite = tmp_path / "train.yaml"       # no general tasks: training and test scores only
     train_suite.write_text(
         "name: sentiment-train\n" + TASK + "backends:\n"
-        "  lora: {type: lora, max_steps: 8, batch_size: 16, learning_rate: 1.0e-3}\n"
+        "  lora: {type: lora, max_steps: 6, batch_size: 16, learning_rate: 1.0e-3}\n"
         "  one-step: {type: lora, max_steps: 1, batch_size: 16, learning_rate: 1.0e-3}\n"
-        "  damaged: {type: lora, max_steps: 4, batch_size: 16, learning_rate: 3.0e-2, warmup_ratio: 0}\n")
+        "  damaged: {type: lora, max_steps: 4, batch_size: 16, learning_rate: 2.0e-2, warmup_ratio: 0}\n")
     gate_suite = tmp_path / "gate.yaml"
     gate_suite.write_text("name: sentiment-gate\n" + TASK + f"general: {{set: {GENERAL}, limit: 30}}\n"
                           "backends:\n  zero-shot: {type: prompt}\n")

@@ -84,6 +84,9 @@ def test_export_merged_loads_without_peft_and_passes_the_adapters_gate(run, tiny
                                      str(baseline)])
     assert gate.exit_code == 0, gate.output
     assert "Regression gate passed" in gate.output
+    # The gate merges an adapter exactly as export does: the exported model scores exactly as its adapter.
+    rows = [line for line in gate.output.splitlines() if line.startswith("| ") and ("↑" in line or "↓" in line)]
+    assert len(rows) == 4 and all("| +0 |" in row for row in rows), gate.output
 
 
 def test_export_full_arm_and_refusals(run):

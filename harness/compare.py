@@ -6,8 +6,6 @@ results.json is rewritten after each arm, so an interrupted run keeps every fini
 from __future__ import annotations
 
 import datetime as dt
-import platform
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +18,7 @@ from harness.backend import ModelSpec
 from harness.data import SPLITS, SuiteData
 from harness.decide import decide
 from harness.errors import UsageError, redact
-from harness.fingerprint import file_sha256
+from harness.fingerprint import file_sha256, runtime_environment
 from harness.general import general_metric_info
 from harness.metrics import METRICS
 from harness.results import (ArmResult, Cost, DataFile, General, GeneralTask, Results, write_results,
@@ -46,20 +44,9 @@ def select_arms(suite: Suite, only: list[str] | None) -> list[str]:
 
 
 def environment(model: ModelSpec, eval_bf16: bool) -> dict:
-    import importlib.metadata as md
-
-    versions = {}
-    for package in ("torch", "transformers", "peft", "bitsandbytes", "datasets", "torchmetrics"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            versions[package] = None
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "device": device,
-            "cpu_threads": torch.get_num_threads(), "train_dtype": model.train_dtype,
-            "eval_dtype": "bfloat16 autocast (fp32 weights)" if eval_bf16 else "float32", "versions": versions}
+    runtime = runtime_environment(("torch", "transformers", "peft", "bitsandbytes", "datasets", "torchmetrics"))
+    return {**runtime, "train_dtype": model.train_dtype,
+            "eval_dtype": "bfloat16 autocast (fp32 weights)" if eval_bf16 else "float32"}
 
 
 def new_results(suite: Suite, model: ModelSpec, data: SuiteData) -> Results:

@@ -120,3 +120,22 @@ def differences(baseline: dict[str, str], current: dict[str, str]) -> list[str]:
         elif baseline[key] != value:
             out.append(f"{key} differs: baseline {_short(baseline[key])}, now {_short(value)}")
     return out
+
+
+def runtime_environment(packages: tuple[str, ...]) -> dict:
+    """Python, platform, device, threads and the versions of `packages`: what a result was measured on."""
+    import importlib.metadata as md
+    import platform
+    import sys
+
+    import torch
+
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "device": device,
+            "cpu_threads": torch.get_num_threads(), "versions": versions}

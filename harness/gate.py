@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +33,7 @@ from harness import __version__
 from harness.backend import ModelSpec
 from harness.candidate import Candidate, Probe, inspect, open_candidate
 from harness.errors import NotComparable, SuiteError, UsageError
-from harness.fingerprint import data_fingerprints, decoding_fingerprints, differences
+from harness.fingerprint import data_fingerprints, decoding_fingerprints, differences, runtime_environment
 from harness.regression import (Check, RegressionSpec, margin_for, non_inferiority, parse_margin,
                                 regression_problems)
 from harness.results import MetricValue, atomic_write_text
@@ -268,19 +266,7 @@ def evaluate_candidate(ctx: Context, candidate: Candidate, allow_pickle: bool = 
 
 
 def environment() -> dict:
-    import importlib.metadata as md
-
-    import torch
-
-    versions = {}
-    for package in ("torch", "transformers", "peft"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            versions[package] = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "device": device,
-            "cpu_threads": torch.get_num_threads(), "versions": versions, "harness_code": evaluation_code_sha256()}
+    return {**runtime_environment(("torch", "transformers", "peft")), "harness_code": evaluation_code_sha256()}
 
 
 EVALUATION_CODE = ("evaluate.py", "general.py", "prompts.py", "metrics.py", "candidate.py", "models.py")

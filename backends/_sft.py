@@ -22,6 +22,7 @@ import resource
 import time
 from pathlib import Path
 
+from backends._finished import eval_handle, record_finished, reopen_finished
 from harness.backend import ModelHandle, ModelSpec, TrainData, TrainStats
 from harness.errors import BackendError, TrainingDiverged
 from harness.progress import enabled as progress_enabled
@@ -293,6 +294,10 @@ def _halve_batch(options, workdir: Path, notes: list[str]):
 
 def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_config=None,
               quantize_4bit: bool = False) -> ModelHandle:
+    finished = reopen_finished(spec, workdir, peft_config, quantize_4bit)
+    if finished is not None:
+        model, tokenizer, stats, artifact = finished
+        return eval_handle(model, tokenizer, artifact, stats, peft_config, quantize_4bit)
     notes: list[str] = []
     while True:
         try:
@@ -313,12 +318,8 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     stats.trainable_params, stats.total_params = count_params(model)
     artifact = save_atomically(model, workdir / ("adapter" if peft_config is not None else "model"))
     stats.artifact_bytes = _dir_bytes(artifact)
-    model.eval()
-    if peft_config is not None and not quantize_4bit:
-        from harness.candidate import merge_for_eval   # the gate evaluates adapters the same way
-
-        model = merge_for_eval(model)
-    return ModelHandle(model=model, tokenizer=tokenizer, artifact_path=str(artifact), stats=stats)
+    record_finished(workdir, artifact, stats)
+    return eval_handle(model, tokenizer, artifact, stats, peft_config, quantize_4bit)
 
 
 def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):

@@ -71,6 +71,7 @@ class TrainStats:
     artifact_bytes: int = 0
     skipped_examples: int = 0       # training examples longer than max_length, left out
     notes: list[str] = field(default_factory=list)   # what the backend had to adapt (e.g. after OOM)
+    reopened: bool = False          # this run reopened a model trained by an earlier run (same inputs)
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
 

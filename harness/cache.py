@@ -1,17 +1,21 @@
-"""Content-addressed cache of finished arms, and the place where unfinished ones resume.
+"""Content-addressed cache: trained models under one key, their evaluations under another.
 
-An arm's key hashes everything its outcome depends on: the base model's files, the formatted
-train/test examples and general tasks, the prompt format, the backend type and options, the
-seed, the evaluation settings and the harness version. So an unchanged re-run reuses every arm,
-and changing one arm's options re-runs only that arm.
+A training key hashes everything a trained model depends on: the base model's files, the
+formatted train examples, the prompt format, the backend type and options, the seed, the
+training dtype and the harness version. An evaluation key hashes the training key (which names
+the model or adapter exactly) with what the evaluation depends on: the test examples, the general
+tasks and the decoding and batching settings. So an unchanged re-run reuses every arm; changing
+one arm's options re-runs only that arm; changing the test data or decoding settings evaluates
+again without training again.
 
-Layout under $HARNESS_CACHE/arms/:
-  <key>/outcome.json   a finished arm (rows, stats, artifact path), with its own checksum
-  <key>/adapter|model  its artifact
-  <key>.work/          an arm in progress: training checkpoints live here, so the same command
-                       after a crash or kill -9 resumes from the last complete checkpoint
-A finished arm is published by renaming <key>.work to <key>: a reader sees all of it or nothing.
-A corrupt entry is a miss with a warning, moved aside, never a crash and never a wrong hit.
+Layout under $HARNESS_CACHE:
+  train/<train key>/    the arm's training directory. While it trains, checkpoints live here, so
+                        the same command after a crash or kill -9 resumes from the last complete
+                        one; once finished it holds the artifact and the backend's finished-record
+                        (backends/_sft.py), and a later run reopens the artifact instead of training.
+  evals/<eval key>.json a finished evaluation (per-example rows, costs, the artifact's path),
+                        with its own checksum, written atomically.
+A corrupt entry is a miss with a warning, set aside, never a crash and never a wrong hit.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from harness.backend import ModelSpec, TrainStats
 from harness.fingerprint import file_sha256
 from harness.models import cache_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja", ".gguf")
 
 
-def _digest(payload) -> str:
+def digest(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -46,7 +50,7 @@ def model_fingerprint(model: ModelSpec) -> str:
     """
     root = Path(model.path)
     if not root.is_dir():
-        return _digest({"hub": model.path})
+        return digest({"hub": model.path})
     memo_path = cache_dir() / "fingerprints.json"
     try:
         memo = json.loads(memo_path.read_text(encoding="utf-8"))
@@ -60,20 +64,28 @@ def model_fingerprint(model: ModelSpec) -> str:
             memo[stamp] = file_sha256(path)
         files[path.relative_to(root).as_posix()] = memo[stamp]
     _write_json_atomic(memo_path, memo)
-    return _digest(files)
+    return digest(files)
 
 
-def arm_key(job, model_fp: str) -> str:
-    """The hash of everything an arm's outcome depends on (job: harness.arm.ArmJob)."""
+def train_key(job, model_fp: str) -> str:
+    """The hash of everything an arm's trained model depends on (job: harness.arm.ArmJob)."""
     data = job.data
-    general = None
-    if job.evaluate_general and data.general:
-        general = [(t.name, t.spec.model_dump(), t.items) for t in data.general.tasks]
-    return _digest({
+    return digest({
         "cache_version": CACHE_VERSION, "harness": __version__, "model": model_fp,
         "train_dtype": job.model.train_dtype, "backend": job.backend, "options": job.options,
         "seed": data.seed, "task": dataclasses.asdict(data.task),
         "train": [dataclasses.astuple(e) for e in data.train],
+    })
+
+
+def eval_key(job, trained: str) -> str:
+    """The hash of everything an evaluation depends on, given the trained model's key."""
+    data = job.data
+    general = None
+    if job.evaluate_general and data.general:
+        general = [(t.name, t.spec.model_dump(), t.items) for t in data.general.tasks]
+    return digest({
+        "cache_version": CACHE_VERSION, "harness": __version__, "trained": trained,
         "test": [dataclasses.astuple(e) for e in data.test] if job.evaluate_test else None,
         "general": general, "batch_tokens": job.batch_tokens, "eval_bf16": job.eval_bf16,
         "overlong": job.overlong,
@@ -88,75 +100,65 @@ def _write_json_atomic(path: Path, payload) -> None:
 
 class ArmCache:
     def __init__(self, root: Path | None = None, read: bool = True):
-        self.root = (root or cache_dir()) / "arms"
+        self.root = root or cache_dir()
         self.read = read
 
-    def entry(self, key: str) -> Path:
-        return self.root / key
-
-    def work_dir(self, key: str) -> Path:
-        """Where the arm trains; kept across crashes so a re-run resumes from its checkpoints."""
-        work = self.root / f"{key}.work"
-        if not self.read and work.exists():        # --no-cache: start over
+    def train_dir(self, key: str) -> Path:
+        """Where the arm trains, kept after it finishes; --no-cache starts it over."""
+        work = self.root / "train" / key
+        if not self.read and work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
         return work
+
+    def eval_entry(self, key: str) -> Path:
+        return self.root / "evals" / f"{key}.json"
 
     def load(self, key: str):
         """The cached ArmOutcome, or None (a miss). Never raises for a bad entry."""
         from harness.arm import ArmOutcome
 
-        path = self.entry(key) / "outcome.json"
+        path = self.eval_entry(key)
         if not self.read or not path.exists():
             return None
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
             payload = stored["payload"]
-            if stored.get("sha256") != _digest(payload):
+            if stored.get("sha256") != digest(payload):
                 raise ValueError("checksum mismatch")
             artifact = payload["artifact"]
             if artifact is not None:
-                artifact = str(self.entry(key) / artifact)
+                artifact = str(self.root / artifact)
                 if not Path(artifact).exists():
-                    raise ValueError("artifact missing")
+                    raise ValueError("its trained artifact is missing")
             stats = TrainStats(**{**payload["stats"], "loss_curve": [tuple(p) for p in payload["stats"]["loss_curve"]]})
             return ArmOutcome(ok=True, rows=payload["rows"], general_rows=payload["general_rows"], stats=stats,
                               eval_seconds=payload["eval_seconds"], eval_tokens=payload["eval_tokens"],
                               general_seconds=payload["general_seconds"], artifact=artifact,
                               eval_truncated=payload.get("eval_truncated", 0))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            self._set_aside(key, exc)
+            self._set_aside(path, exc)
             return None
 
-    def _set_aside(self, key: str, why: Exception) -> None:
-        warnings.warn(f"cache entry {key[:12]} is unreadable ({why}); ignoring it and running the arm again",
+    def _set_aside(self, path: Path, why: Exception) -> None:
+        warnings.warn(f"cache entry {path.stem[:12]} is unreadable ({why}); ignoring it and evaluating again",
                       stacklevel=2)
-        target = self.root / f"{key}.corrupt-{int(time.time())}"
         try:
-            os.replace(self.entry(key), target)
+            os.replace(path, path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
         except OSError:
             pass
 
-    def store(self, key: str, outcome) -> str | None:
-        """Publish a finished arm: outcome.json into its work dir, then rename it to the entry.
-
-        Returns the artifact's new path (inside the entry), or None.
-        """
-        work, entry = self.root / f"{key}.work", self.entry(key)
+    def store(self, key: str, outcome) -> None:
+        """Record a finished evaluation; its artifact stays in the training directory."""
         artifact = None
         if outcome.artifact:
-            artifact = Path(outcome.artifact).resolve().relative_to(work.resolve()).as_posix()
+            artifact = Path(outcome.artifact).resolve().relative_to(self.root.resolve()).as_posix()
+        stats = dataclasses.replace(outcome.stats, reopened=False)
         payload = {"rows": outcome.rows, "general_rows": outcome.general_rows,
-                   "stats": dataclasses.asdict(outcome.stats), "eval_seconds": outcome.eval_seconds,
+                   "stats": dataclasses.asdict(stats), "eval_seconds": outcome.eval_seconds,
                    "eval_tokens": outcome.eval_tokens, "general_seconds": outcome.general_seconds,
                    "eval_truncated": outcome.eval_truncated, "artifact": artifact}
-        _write_json_atomic(work / "outcome.json", {"sha256": _digest(payload), "payload": payload})
-        for leftover in ("trainer",):        # checkpoints are only needed until the arm finishes
-            shutil.rmtree(work / leftover, ignore_errors=True)
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(work, entry)
-        return str(entry / artifact) if artifact else None
+        _write_json_atomic(self.eval_entry(key), {"sha256": digest(payload), "payload": payload})
 
 
 def publish_artifact(artifact: str, destination: Path) -> Path:
@@ -174,20 +176,22 @@ def publish_artifact(artifact: str, destination: Path) -> Path:
 
 
 class CachedRunner:
-    """Wraps an arm runner: a cache hit skips the arm; a miss trains in the cache's work dir (so a
-    re-run after a crash resumes there) and publishes the finished arm to the cache."""
+    """Wraps an arm runner: a cached evaluation skips the arm; otherwise the arm runs in its
+    training directory, where the backend resumes an unfinished training or reopens a finished
+    one, and the finished evaluation is stored."""
 
     def __init__(self, runner, cache: ArmCache, model: ModelSpec):
         self.runner, self.cache = runner, cache
         self.model_fp = model_fingerprint(model)
 
     def __call__(self, job):
-        key = arm_key(job, self.model_fp)
+        trained = train_key(job, self.model_fp)
+        key = eval_key(job, trained)
         hit = self.cache.load(key)
         if hit is not None:
             hit.cached = True
             return hit
-        outcome = self.runner(dataclasses.replace(job, workdir=str(self.cache.work_dir(key))))
+        outcome = self.runner(dataclasses.replace(job, workdir=str(self.cache.train_dir(trained))))
         if outcome.ok:
-            outcome.artifact = self.cache.store(key, outcome)
+            self.cache.store(key, outcome)
         return outcome

@@ -106,7 +106,8 @@ def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: 
         if result.status == "ok":
             c = result.cost
             shown = ", ".join(f"{m}={v.value:.3f}" for m, v in result.metrics.items())
-            how = "cached" if result.cached else f"train {c.train_seconds:.0f}s, eval {c.eval_seconds:.0f}s"
+            how = ("cached" if result.cached else f"trained model cached, eval {c.eval_seconds:.0f}s"
+                   if result.train_cached else f"train {c.train_seconds:.0f}s, eval {c.eval_seconds:.0f}s")
             click.echo(f"  {name}: {shown} ({how})", err=True)
         else:
             click.echo(f"  {name}: FAILED: {result.error}", err=True)

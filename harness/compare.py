@@ -98,7 +98,7 @@ def arm_result(suite: Suite, name: str, outcome: ArmOutcome) -> ArmResult:
                 general_eval_seconds=round(outcome.general_seconds, 3), eval_truncated=outcome.eval_truncated,
                 train_skipped_examples=s.skipped_examples)
     return ArmResult(**base, status="ok", cost=cost, loss_curve=s.loss_curve, samples=f"samples/{name}.jsonl",
-                     cached=outcome.cached, notes=s.notes)
+                     cached=outcome.cached, train_cached=s.reopened and not outcome.cached, notes=s.notes)
 
 
 def _trains(backend: str) -> bool:

@@ -269,8 +269,11 @@ def _detach_from_checkpoint_file(model) -> None:
     gc.collect()
 
 
-def load(spec: ModelSpec, quantize_4bit: bool = False, compute_dtype: str = "float32"):
-    """Load (model, tokenizer) for training or evaluation; weights in fp32 unless quantized to 4-bit."""
+def load(spec: ModelSpec, quantize_4bit: bool = False, compute_dtype: str = "float32", weights: str | None = None):
+    """Load (model, tokenizer) for training or evaluation; weights in fp32 unless quantized to 4-bit.
+
+    weights: a directory of fine-tuned weights to load instead of the base model's (the tokenizer
+    stays the base model's)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -288,7 +291,7 @@ def load(spec: ModelSpec, quantize_4bit: bool = False, compute_dtype: str = "flo
             kwargs["device_map"] = {"": 0}
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(weights or spec.path, **kwargs)
     except OSError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "safetensors" in first:

@@ -87,7 +87,11 @@ class ArmResult(Model):
     backend: str
     options: dict
     trains: bool = Field(True, description="False for prompt-only arms (the model is the base model).")
-    cached: bool = Field(False, description="Reused from the cache: its cost is that of the original run.")
+    cached: bool = Field(False, description="Reused from the cache, training and evaluation: its cost is "
+                                            "that of the original run.")
+    train_cached: bool = Field(False, description="Its trained model was reused from the cache and evaluated "
+                                                  "again (the test data or evaluation settings changed); the "
+                                                  "training cost is that of the original run.")
     status: Literal["ok", "failed"]
     error: str | None = None
     exit_code: int | None = Field(None, description="Exit code class of the failure (README).")

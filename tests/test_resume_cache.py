@@ -55,10 +55,48 @@ def test_unchanged_rerun_reuses_every_arm_and_a_changed_option_reruns_only_its_a
     assert not any(a.cached for a in forced.arms.values())
 
 
+def test_new_test_data_or_decoding_evaluates_again_without_training_again(tmp_path, cache, tiny_model_dir):
+    backends = ("  zero-shot: {type: prompt, shots: 0}\n"
+                "  full: {type: full, max_steps: 3, batch_size: 2, learning_rate: 1e-3}\n"
+                "  lora: {type: lora, max_steps: 3, batch_size: 4, learning_rate: 1e-2}\n"
+                "  qlora: {type: qlora, max_steps: 3, batch_size: 4, learning_rate: 1e-2}\n")
+    suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=backends)
+    first = _compare(suite, tmp_path / "run1")
+    for entry in (cache / "evals").glob("*.json"):    # as if the test data had changed: no evaluation cached
+        entry.unlink()
+    again = _compare(suite, tmp_path / "run2")
+    for arm in ("full", "lora", "qlora"):
+        result = again.arms[arm]
+        assert result.train_cached and not result.cached, arm
+        assert result.cost.train_seconds == first.arms[arm].cost.train_seconds      # the original training
+        assert _metrics(again, arm) == _metrics(first, arm), arm     # the reopened model scores identically
+        assert (tmp_path / "run2" / result.artifact).is_dir()
+    assert not again.arms["zero-shot"].train_cached
+
+    test_file = suite.parent / "data" / "test.jsonl"               # one test example fewer
+    test_file.write_text("".join(test_file.read_text().splitlines(keepends=True)[:-1]))
+    fewer = _compare(suite, tmp_path / "run3")
+    assert all(fewer.arms[a].train_cached for a in ("full", "lora", "qlora"))
+    assert fewer.arms["zero-shot"].metrics["accuracy"].n == first.arms["zero-shot"].metrics["accuracy"].n - 1
+
+
+def test_a_damaged_training_record_is_trained_again_with_a_warning(tmp_path, cache, tiny_model_dir):
+    suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=TWO_ARMS)
+    first = _compare(suite, tmp_path / "run1")
+    record = next((cache / "train").glob("*/trained.json"))
+    record.write_text(record.read_text().replace('"steps": 4', '"steps": 5'))
+    for entry in (cache / "evals").glob("*.json"):
+        entry.unlink()
+    again = _compare(suite, tmp_path / "run2", "--only", "lora")
+    assert not again.arms["lora"].train_cached and again.arms["lora"].cost.train_steps == 4
+    assert list(record.parent.glob("trained.json.corrupt-*"))          # set aside, not trusted
+    assert _metrics(again, "lora") == _metrics(first, "lora")
+
+
 def test_a_corrupt_cache_entry_is_a_miss_never_a_crash_or_a_wrong_hit(tmp_path, cache, tiny_model_dir):
     suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=TWO_ARMS)
     first = _compare(suite, tmp_path / "run1")
-    entries = list((cache / "arms").glob("*/outcome.json"))
+    entries = list((cache / "evals").glob("*.json"))
     assert len(entries) == 2
     for entry in entries:                       # flip one number inside each stored outcome
         text = entry.read_text()
@@ -84,7 +122,7 @@ def test_kill_9_during_training_resumes_from_the_last_good_checkpoint_bit_identi
     monkeypatch.setenv("HARNESS_FAULT", "kill_at_step=5")
     killed = _compare(suite, tmp_path / "killed", expect=6)      # SIGKILL: most often the OOM killer
     assert "SIGKILL" in killed.arms["full"].error
-    work = next((cache / "arms").glob("*.work"))
+    work = next((cache / "train").glob("*"))
     checkpoints = sorted(p.name for p in (work / "trainer").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-2", "checkpoint-4"]
     half = work / "trainer" / "checkpoint-5"           # what a kill in the middle of a save leaves
@@ -93,7 +131,7 @@ def test_kill_9_during_training_resumes_from_the_last_good_checkpoint_bit_identi
 
     monkeypatch.delenv("HARNESS_FAULT")
     resumed = _compare(suite, tmp_path / "resumed")
-    assert list((work.parent).glob("*.work")) == []                  # finished: published to the cache
+    assert (work / "trained.json").exists() and not (work / "trainer").exists()   # finished: no checkpoints
     assert _weights(tmp_path / "resumed", resumed, "full") == _weights(tmp_path / "reference", reference, "full")
     assert _metrics(resumed, "full") == _metrics(reference, "full")
     assert resumed.arms["full"].cost.train_steps == 6
@@ -114,7 +152,8 @@ def test_a_broken_run_stops_its_arm_with_the_reason_and_the_others_go_on(tmp_pat
     assert step == 3          # nan: written at the end of step 2, caught in step 3; zero: steps 1-3
     assert results.arms["zero-shot"].status == "ok"
     assert full.artifact is None and not (tmp_path / "run" / "arms" / "full" / "model").exists()
-    assert not list((cache / "arms").glob("*/outcome.json"))[1:]       # only the prompt arm was cached
+    assert len(list((cache / "evals").glob("*.json"))) == 1            # only the prompt arm was cached
+    assert not list((cache / "train").glob("*/trained.json"))          # nothing trained was kept
 
 
 def test_same_suite_and_seed_give_identical_results_apart_from_times(tmp_path, cache, tiny_model_dir):

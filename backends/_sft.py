@@ -135,7 +135,8 @@ def _guard_callback(model):
 
 def _fault_injection(step: int, model) -> None:
     """Test-only faults, set by HARNESS_FAULT: kill_at_step=N kills this process (SIGKILL) at the end
-    of step N; nan_at_step=N writes a NaN into a trainable weight at the end of step N."""
+    of step N; nan_at_step=N writes a NaN into a trainable weight at the end of step N. (Also
+    zero_loss and oom_above_batch=N in the guard, disk_full_on_save in save_atomically.)"""
     import signal
 
     kind, _, at = os.environ.get("HARNESS_FAULT", "").partition("=")
@@ -206,6 +207,8 @@ def save_atomically(model, target: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     try:
         model.save_pretrained(partial, safe_serialization=True)
+        if os.environ.get("HARNESS_FAULT") == "disk_full_on_save":    # test-only: the disk fills mid-save
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial))
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)

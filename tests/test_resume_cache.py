@@ -156,6 +156,24 @@ def test_a_broken_run_stops_its_arm_with_the_reason_and_the_others_go_on(tmp_pat
     assert not list((cache / "train").glob("*/trained.json"))          # nothing trained was kept
 
 
+def test_a_full_disk_while_saving_fails_the_arm_with_exit_6_and_leaves_nothing_half_written(
+        tmp_path, cache, tiny_model_dir, monkeypatch):
+    backends = ("  zero-shot: {type: prompt, shots: 0}\n"
+                "  full: {type: full, max_steps: 2, batch_size: 2, learning_rate: 1e-3}\n")
+    suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=backends)
+    monkeypatch.setenv("HARNESS_FAULT", "disk_full_on_save")
+    results = _compare(suite, tmp_path / "run", expect=6)
+    full = results.arms["full"]
+    assert full.status == "failed" and full.exit_code == 6 and "disk full while saving" in full.error
+    assert results.arms["zero-shot"].status == "ok"                    # the other arm is kept
+    work = next((cache / "train").glob("*/trainer")).parent             # its checkpoints stay for a re-run
+    assert not [p.name for p in work.iterdir() if p.name != "trainer"]  # no partial model, no record
+
+    monkeypatch.delenv("HARNESS_FAULT")                                 # space freed: the same command
+    again = _compare(suite, tmp_path / "run2")
+    assert again.arms["full"].status == "ok" and again.arms["zero-shot"].cached
+
+
 def test_same_suite_and_seed_give_identical_results_apart_from_times(tmp_path, cache, tiny_model_dir):
     suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=TWO_ARMS)
     runs = [_compare(suite, tmp_path / f"run{i}", "--no-cache") for i in range(2)]

@@ -13,7 +13,7 @@ class TrainOptions(BaseModel):
     epochs: float = Field(1.0, gt=0, le=100, description="Passes over the train split.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate (linear decay after warmup).")
-    batch_size: int = Field(8, gt=0, le=1024, description="Examples per optimizer step per device.")
+    batch_size: int = Field(8, gt=0, le=1024, description="Examples per micro-batch per process (device).")
     grad_accum: int = Field(1, gt=0, le=1024, description="Micro-batches accumulated per optimizer step.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
@@ -21,6 +21,13 @@ class TrainOptions(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Trade 10-25% speed for activation memory.")
     checkpoint_every: int | None = Field(None, gt=0, description="Save a resumable checkpoint every N steps "
                                                                  "(default: 4 per run).")
+    processes: int = Field(1, ge=1, le=1024, description="Training processes on this machine, one per GPU (or CPU "
+                                                         "share): torchrun + accelerate data parallelism. batch_size "
+                                                         "is per process, so a step sees processes x batch_size "
+                                                         "x grad_accum examples.")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="With processes > 1: ddp (every process holds "
+                                                                    "the whole model) or fsdp (weights, gradients "
+                                                                    "and optimizer state sharded across processes).")
 
 
 class LoraOptions(TrainOptions):

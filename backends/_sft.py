@@ -22,6 +22,7 @@ import resource
 import time
 from pathlib import Path
 
+from backends._distributed import fsdp_arguments, full_state_dict, is_distributed, reduce_counts, training_note
 from backends._finished import eval_handle, record_finished, reopen_finished
 from harness.backend import ModelHandle, ModelSpec, TrainData, TrainStats
 from harness.errors import BackendError, TrainingDiverged
@@ -163,7 +164,7 @@ def _checkpoint_callback():
 
         def on_save(self, args, state, control, **kwargs):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if path.is_dir():
+            if state.is_world_process_zero and path.is_dir():   # the process that wrote it marks it
                 (path / COMPLETE).write_text(str(state.global_step), encoding="utf-8")
 
     return MarkComplete()
@@ -195,9 +196,10 @@ def _count_target_tokens(model) -> dict:
     return seen
 
 
-def save_atomically(model, target: Path) -> Path:
+def save_atomically(model, target: Path, state_dict=None) -> Path:
     """save_pretrained into a temporary directory, then rename: never a half-written artifact.
-    A full disk becomes a clear error (exit 6) and leaves nothing behind."""
+    A full disk becomes a clear error (exit 6) and leaves nothing behind. `state_dict`: the
+    weights gathered from FSDP shards (None: the model's own)."""
     import errno
     import shutil
 
@@ -206,7 +208,8 @@ def save_atomically(model, target: Path) -> Path:
     partial = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        model.save_pretrained(partial, safe_serialization=True)
+        extra = {} if state_dict is None else {"state_dict": state_dict}
+        model.save_pretrained(partial, safe_serialization=True, **extra)
         if os.environ.get("HARNESS_FAULT") == "disk_full_on_save":    # test-only: the disk fills mid-save
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial))
         if target.exists():
@@ -253,7 +256,7 @@ def _training_args(workdir: Path, options, data: TrainData, bf16: bool, examples
         logging_steps=1, logging_nan_inf_filter=False, report_to=[],
         save_strategy="steps", save_steps=_checkpoint_steps(options, examples), save_total_limit=2,
         disable_tqdm=not progress_enabled(), dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding")
+        include_num_input_tokens_seen="non_padding", **fsdp_arguments(options))
 
 
 def _prepare(model, peft_config, quantize_4bit: bool, options):
@@ -309,19 +312,34 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
         except Exception as exc:      # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
             if not is_out_of_memory(exc):
                 raise
+            if is_distributed():    # one rank cannot change the batch alone: the others would wait forever
+                from harness.errors import ResourceError
+
+                raise ResourceError(f"out of memory in training process {os.environ.get('RANK', '?')} at batch "
+                                    f"size {options.batch_size} per process",
+                                    "lower batch_size (it is per process) or use fsdp, qlora or more memory") from None
             options = _halve_batch(options, workdir, notes)
     trainer, tokenizer, guard, seen, skipped, seconds = run
     if guard.reason:
         raise TrainingDiverged(f"training stopped: {guard.reason}", "lower the learning rate or check the data")
     model = trainer.model
+    target_tokens, peak = reduce_counts(seen["tokens"], peak_memory_bytes())
+    notes += [n for n in [training_note(options, trainer)] if n]
     stats = TrainStats(seconds=seconds, steps=trainer.state.global_step, skipped_examples=skipped, notes=notes,
-                       tokens=int(trainer.state.num_input_tokens_seen), target_tokens=seen["tokens"],
-                       peak_memory_bytes=peak_memory_bytes(),
+                       tokens=int(trainer.state.num_input_tokens_seen), target_tokens=target_tokens,
+                       peak_memory_bytes=peak,
                        loss_curve=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
     stats.trainable_params, stats.total_params = count_params(model)
-    artifact = save_atomically(model, workdir / ("adapter" if peft_config is not None else "model"))
+    state_dict = full_state_dict(trainer)        # FSDP: every rank takes part in gathering the weights
+    if is_distributed() and not trainer.is_world_process_zero():
+        # Only the main process writes the artifact and trained.json; the arm's own process
+        # reopens them once every rank has exited (harness/distributed.py).
+        return ModelHandle(model=None, tokenizer=tokenizer, stats=stats)
+    artifact = save_atomically(model, workdir / ("adapter" if peft_config is not None else "model"), state_dict)
     stats.artifact_bytes = _dir_bytes(artifact)
     record_finished(workdir, artifact, stats)
+    if is_distributed():      # nobody evaluates this copy: skip merging the adapter
+        return ModelHandle(model=None, tokenizer=tokenizer, artifact_path=str(artifact), stats=stats)
     return eval_handle(model, tokenizer, artifact, stats, peft_config, quantize_4bit)
 
 

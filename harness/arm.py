@@ -62,7 +62,15 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     backend = backend_cls(backend_cls.Options(**job.options))
     workdir = Path(job.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    processes = getattr(backend.options, "processes", 1)
+    trained_now = False
+    if processes > 1:       # the ranks train and save; this process reopens below and evaluates
+        from harness.distributed import train_in_processes
+
+        trained_now = train_in_processes(job, backend.options)
     handle = backend.train(job.model, job.data.train_data(), workdir)
+    if trained_now:
+        handle.stats.reopened = False     # trained by this run, in its own processes
     outcome = ArmOutcome(ok=True, stats=handle.stats, artifact=handle.artifact_path)
     if job.evaluate_test:
         out = evaluate(handle, job.data.test, job.data.task, job.batch_tokens, desc=f"{job.name} eval",
@@ -77,7 +85,19 @@ def run_arm(job: ArmJob) -> ArmOutcome:
     return outcome
 
 
-def _child(job: ArmJob, conn) -> None:
+def submit(runner, job: ArmJob):
+    """Start an arm and return a call that gives its outcome (computed once, then kept). A runner
+    with a `submit` method starts arms ahead, all at once (Ray); a plain runner (job -> outcome)
+    runs the arm when the outcome is first asked for, so the local executor runs arms in order."""
+    import functools
+
+    start = getattr(runner, "submit", None)
+    return start(job) if start is not None else functools.cache(lambda: runner(job))
+
+
+def run_arm_caught(job: ArmJob) -> ArmOutcome:
+    """run_arm with every failure turned into a failed outcome (secrets redacted): what an
+    executor's worker process returns, whatever happened."""
     import warnings
 
     # Libraries' deprecation notices about their own internals are not the user's business.
@@ -97,7 +117,11 @@ def _child(job: ArmJob, conn) -> None:
     # Secrets in the environment (tokens, keys) must never reach results, logs or reports.
     outcome.error = redact(outcome.error) if outcome.error else outcome.error
     outcome.traceback = redact(outcome.traceback) if outcome.traceback else outcome.traceback
-    conn.send(outcome)
+    return outcome
+
+
+def _child(job: ArmJob, conn) -> None:
+    conn.send(run_arm_caught(job))
     conn.close()
 
 

@@ -183,15 +183,44 @@ class CachedRunner:
     def __init__(self, runner, cache: ArmCache, model: ModelSpec):
         self.runner, self.cache = runner, cache
         self.model_fp = model_fingerprint(model)
+        self._training: dict = {}      # train key -> the outcome call of the arm training it
 
     def __call__(self, job):
+        return self.submit(job)()
+
+    def submit(self, job):
+        """The arm started (see harness.arm.submit); a call that gives its outcome. Two arms that
+        train the same model never share its training directory at once: the second starts when
+        the first is done, and reopens its model."""
+        import functools
+
+        from harness.arm import submit
+
         trained = train_key(job, self.model_fp)
         key = eval_key(job, trained)
         hit = self.cache.load(key)
         if hit is not None:
             hit.cached = True
-            return hit
-        outcome = self.runner(dataclasses.replace(job, workdir=str(self.cache.train_dir(trained))))
-        if outcome.ok:
-            self.cache.store(key, outcome)
-        return outcome
+            return lambda: hit
+        from harness import registry
+
+        trains = getattr(registry.get(job.backend), "trains", True)
+        before = self._training.get(trained) if trains else None
+
+        def start():
+            return submit(self.runner, dataclasses.replace(job, workdir=str(self.cache.train_dir(trained))))
+
+        pending = start() if before is None else None
+
+        def outcome():
+            nonlocal pending
+            if pending is None:
+                before()
+                pending = start()
+            result = pending()
+            if result.ok:
+                self.cache.store(key, result)
+            return result
+
+        self._training[trained] = functools.cache(outcome)
+        return self._training[trained]

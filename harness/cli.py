@@ -84,16 +84,26 @@ def backends():
 @click.option("--fail-on", type=click.Choice(["no-go", "inconclusive"]),
               help="Exit 1 on this verdict: no-go (NO-GO or INCONCLUSIVE) or inconclusive (INCONCLUSIVE).")
 @click.option("--no-cache", is_flag=True, help="Run every arm again, ignoring cached results and checkpoints.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one arm after another, each in its own process. ray: every arm as a Ray task with the "
+                   "resources it declares (pip install 'harness[ray]').")
+@click.option("--address", help="With --executor ray: the Ray cluster (ray://HOST:10001 or HOST:6379); default: "
+                                "start Ray on this machine.")
 @handle_errors
-def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: str | None, no_cache: bool):
+def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: str | None, no_cache: bool,
+            executor: str, address: str | None):
     """Train and evaluate every arm of SUITE; write results.json, report.md and report.html."""
     from harness import models
+    from harness.arm import run_arm_isolated
+    from harness.errors import UsageError
     from harness.cache import ArmCache
     from harness.compare import default_out_dir, run_compare, select_arms
     from harness.data import load_data
     from harness.suite import load_suite
     from reports import write_reports
 
+    if address and executor != "ray":
+        raise UsageError("--address is for --executor ray", "add --executor ray, or leave --address out")
     suite = load_suite(suite_path)
     arms = select_arms(suite, [n for item in only for n in item.split(",") if n])
     data = load_data(suite)
@@ -112,7 +122,16 @@ def compare(suite_path: Path, out: Path | None, only: tuple[str, ...], fail_on: 
         else:
             click.echo(f"  {name}: FAILED: {result.error}", err=True)
 
-    results = run_compare(suite, data, model, out, arms, on_arm=progress, cache=ArmCache(read=not no_cache))
+    runner, stop = run_arm_isolated, lambda: None
+    if executor == "ray":
+        from harness.ray_executor import open_runner
+
+        runner, stop = open_runner(suite, address, lambda line: click.echo(line, err=True))
+    try:
+        results = run_compare(suite, data, model, out, arms, on_arm=progress, runner=runner,
+                              cache=ArmCache(read=not no_cache))
+    finally:
+        stop()
     for path in write_reports(results, out):
         click.echo(f"wrote {path}", err=True)
     from reports.markdown import metric_table

@@ -12,7 +12,7 @@ from typing import Callable
 from harness import __version__, registry
 from harness.analysis import (annotate_task_comparisons, forgetting, general_values, general_with_scores,
                               metric_values, with_scores)
-from harness.arm import ArmJob, ArmOutcome, run_arm_isolated
+from harness.arm import ArmJob, ArmOutcome, run_arm_isolated, submit
 from harness.cache import ArmCache, CachedRunner, publish_artifact
 from harness.backend import ModelSpec
 from harness.data import SPLITS, SuiteData
@@ -113,6 +113,14 @@ def _job(suite: Suite, data: SuiteData, model: ModelSpec, out_dir: Path, name: s
                   overlong=suite.eval.overlong)
 
 
+def _arm_job(suite: Suite, data: SuiteData, model: ModelSpec, out_dir: Path, name: str) -> ArmJob:
+    """An arm's job: its test split always, the general tasks if it trains (a prompt arm's model is
+    the base model, already scored on them)."""
+    spec = suite.backends[name]
+    return _job(suite, data, model, out_dir, name, spec.type, spec.options, True,
+                _trains(spec.type) and data.general is not None)
+
+
 def _write_general_rows(rows_by_task: dict, path: Path, general) -> None:
     write_samples(general_with_scores(general, rows_by_task), path)
 
@@ -123,11 +131,18 @@ def _record_failure(out_dir: Path, name: str, outcome: ArmOutcome) -> None:
         (out_dir / "arms" / name / "error.txt").write_text(redact(outcome.traceback), encoding="utf-8")
 
 
-def run_base_general(suite, data, model, out_dir, results, runner, config) -> dict | None:
+def base_general_job(suite, data, model, out_dir) -> ArmJob | None:
     """The untouched base model on the general tasks, once per run; every arm is paired against it."""
     if data.general is None:
         return None
-    outcome = runner(_job(suite, data, model, out_dir, "base", "prompt", {"shots": 0}, False, True))
+    return _job(suite, data, model, out_dir, "base", "prompt", {"shots": 0}, False, True)
+
+
+def run_base_general(data, out_dir, results, pending, config) -> dict | None:
+    """The base model's general-task rows (pending: the outcome call of base_general_job)."""
+    if pending is None:
+        return None
+    outcome = pending()
     if not outcome.ok:
         _record_failure(out_dir, "base", outcome)
         raise UsageError(f"the base model failed on the general tasks: {outcome.error}",
@@ -153,15 +168,18 @@ def run_compare(suite: Suite, data: SuiteData, model: ModelSpec, out_dir: Path, 
     results = new_results(suite, model, data)
     results.stats = config.describe()
     write_results(results, out_dir)
-    base_general = run_base_general(suite, data, model, out_dir, results, runner, config)
+    # Every arm is submitted before any outcome is read: a runner that can, runs them side by side
+    # (Ray); the local runner runs each when its outcome is read, in this order.
+    base_job = base_general_job(suite, data, model, out_dir)
+    base_pending = submit(runner, base_job) if base_job else None
+    pending = {name: submit(runner, _arm_job(suite, data, model, out_dir, name)) for name in arms}
+    base_general = run_base_general(data, out_dir, results, base_pending, config)
     prompt_arms = [n for n in suite.backends if not _trains(suite.backends[n].type)]
     zero_shot = next((n for n in prompt_arms if not suite.backends[n].options.get("shots")), None)
     rows: dict[str, list[dict]] = {}
     for name in arms:
-        spec = suite.backends[name]
-        trains = _trains(spec.type)
-        outcome = runner(_job(suite, data, model, out_dir, name, spec.type, spec.options, True,
-                              trains and data.general is not None))
+        trains = _trains(suite.backends[name].type)
+        outcome = pending[name]()
         result = arm_result(suite, name, outcome)
         results.arms[name] = result
         if outcome.ok:

@@ -92,11 +92,23 @@ class StatsSpec(Strict):
     resamples: int = Field(1000, ge=200, le=100000, description="Bootstrap resamples.")
 
 
+class ResourcesSpec(Strict):
+    """What one arm needs from an executor that schedules arms (--executor ray); the local
+    executor runs arms one at a time and ignores it. Not part of any cache key."""
+
+    cpus: float = Field(1, gt=0, description="CPU cores for the arm's process.")
+    gpus: float = Field(0, ge=0, description="GPUs for the arm (at least `processes` when it trains in several).")
+    memory_gb: float | None = Field(None, gt=0, description="Memory to reserve for the arm, in GB (default: none "
+                                                             "reserved).")
+
+
 class BackendSpec(BaseModel):
-    """`type` picks the backend; every other key is an option checked against its Options."""
+    """`type` picks the backend; `resources` is for the executor; every other key is an option
+    checked against the backend's Options."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str
+    resources: ResourcesSpec = ResourcesSpec()
 
     @property
     def options(self) -> dict[str, Any]:
@@ -430,7 +442,7 @@ def _backend_problems(raw_backends: Any) -> tuple[list[str], dict]:
         except KeyError as exc:
             problems.append(f"backends.{arm}.type: {exc.args[0]}")
             continue
-        options = {k: v for k, v in spec.items() if k != "type"}
+        options = {k: v for k, v in spec.items() if k not in ("type", "resources")}
         bad_keys = [k for k in options if not isinstance(k, str)]
         if bad_keys:
             problems += [f"backends.{arm}.{shown(k)}: option names are text; write a name such as "
@@ -448,7 +460,8 @@ def _backend_problems(raw_backends: Any) -> tuple[list[str], dict]:
                            f"options: {', '.join(backend.Options.model_fields)}"
                 problems.append(line)
             continue
-        normalized[arm] = {"type": type_name, **parsed.model_dump(mode="json", exclude_unset=True)}
+        normalized[arm] = {"type": type_name, **parsed.model_dump(mode="json", exclude_unset=True),
+                           **({"resources": spec["resources"]} if "resources" in spec else {})}
     return problems, normalized
 
 

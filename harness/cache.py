@@ -31,6 +31,7 @@ from pathlib import Path
 
 from harness import __version__
 from harness.backend import ModelSpec, TrainStats
+from harness.evaluate import EVAL_VERSION
 from harness.fingerprint import file_sha256
 from harness.models import cache_dir
 
@@ -85,7 +86,7 @@ def eval_key(job, trained: str) -> str:
     if job.evaluate_general and data.general:
         general = [(t.name, t.spec.model_dump(), t.items) for t in data.general.tasks]
     return digest({
-        "cache_version": CACHE_VERSION, "harness": __version__, "trained": trained,
+        "cache_version": CACHE_VERSION, "harness": __version__, "eval_version": EVAL_VERSION, "trained": trained,
         "test": [dataclasses.astuple(e) for e in data.test] if job.evaluate_test else None,
         "general": general, "batch_tokens": job.batch_tokens, "eval_bf16": job.eval_bf16,
         "overlong": job.overlong,

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from harness.backend import Example, ModelHandle, TaskFormat
 from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
 
+# Bump when a change to evaluation can change its numbers: cached evaluations are keyed by it.
+EVAL_VERSION = 2    # 2: greedy decoding under bf16 autocast too (was fp32)
 MAX_BATCH_ROWS = 64
 HEAD_CHUNK = 512       # positions per output-head call when scoring continuations
 
@@ -89,14 +92,47 @@ def _device(model):
     return next(model.parameters()).device
 
 
+@contextmanager
+def linear_weights_in_bf16(model, enabled: bool):
+    """For the length of a bf16 evaluation, the linear layers hold bf16 copies of their weights.
+
+    Under autocast every linear layer casts its fp32 weight to bf16 on every call: on a CPU that
+    re-reads the whole model per forward, which made one decode step slower than fp32 and
+    scoring ~1.4x slower than bf16 weights. The copies are exactly the values autocast would
+    compute, so the numbers do not change; the fp32 weights come back afterwards (a full
+    fine-tune's small updates live in them). The output head is left alone: it is tied to the
+    embedding, whose output must stay fp32 (the _Scorer keeps its own bf16 copy of the head).
+    4-bit layers hold no fp32 weight and are skipped.
+    """
+    import torch
+
+    saved = []
+    if enabled:
+        _, head = _parts(model)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module is not head and \
+                    module.weight.dtype == torch.float32 and module.weight is not getattr(head, "weight", None):
+                saved.append((module.weight, module.weight.data))
+                module.weight.data = module.weight.data.to(torch.bfloat16)
+    try:
+        yield
+    finally:
+        for param, data in saved:
+            param.data = data
+
+
 class _Scorer:
     """Holds the model pieces and the shared prefix cache for one split."""
 
-    def __init__(self, model, prefix: list[int]):
+    def __init__(self, model, prefix: list[int], bf16: bool = False):
         import torch
 
         self.torch = torch
         self.backbone, self.head = _parts(model)
+        # the head's bf16 copy, made once: the value autocast would cast it to on every call
+        # (a plain linear head only; an adapted or quantized head runs as its module)
+        plain = type(self.head) is torch.nn.Linear
+        self.head_weight = self.head.weight.to(torch.bfloat16) if bf16 and plain else None
         self.device = _device(model)
         self.prefix_len = len(prefix)
         self.prefix_cache = None
@@ -120,8 +156,14 @@ class _Scorer:
                             past_key_values=cache, use_cache=True)
         return out.last_hidden_state
 
+    def logits(self, hidden):
+        if self.head_weight is None:
+            return self.head(hidden).float()
+        return self.torch.nn.functional.linear(hidden.to(self.head_weight.dtype), self.head_weight,
+                                               self.head.bias).float()
+
     def log_probs(self, hidden):
-        return self.torch.log_softmax(self.head(hidden).float(), dim=-1)
+        return self.torch.log_softmax(self.logits(hidden), dim=-1)
 
     def target_log_probs(self, hidden, targets, valid):
         """log p(target) at the valid positions only, the output head run in chunks of positions:
@@ -132,7 +174,7 @@ class _Scorer:
         flat_hidden, flat_targets = hidden[where], targets[where]
         values = []
         for start in range(0, flat_targets.shape[0], HEAD_CHUNK):
-            logits = self.head(flat_hidden[start:start + HEAD_CHUNK]).float()
+            logits = self.logits(flat_hidden[start:start + HEAD_CHUNK])
             chosen = logits.gather(-1, flat_targets[start:start + HEAD_CHUNK, None])[:, 0]
             values.append((chosen - logits.logsumexp(dim=-1)).double())
         if values:
@@ -167,8 +209,8 @@ def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int
     """Per request: ([(sum logprob, n tokens) per continuation], generated ids); and tokens run.
 
     Every request must have the same number of continuations (0 is allowed: generation only).
-    bf16: matmuls under bf16 autocast, weights kept as they are (fp32): a full fine-tune's small
-    weight updates would be rounded away by casting the weights themselves to bf16.
+    bf16: matmuls under bf16 autocast, the residual stream and norms in fp32, as autocast does;
+    linear weights cast once for the whole call (linear_weights_in_bf16), not on every forward.
     """
     import torch
 
@@ -178,8 +220,9 @@ def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int
     out: list = [None] * len(requests)
     tokens = prefix_len
     device_type = _device(model).type
-    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        scorer = _Scorer(model, prompts[0][:prefix_len])
+    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16), \
+            linear_weights_in_bf16(model, bf16):
+        scorer = _Scorer(model, prompts[0][:prefix_len], bf16)
         order = sorted(range(len(requests)), key=lambda i: -len(suffixes[i]))
         lengths = [len(s) + max((len(c) for c in requests[i].continuations), default=0) + max_new
                    for i, s in enumerate(suffixes)]
@@ -285,9 +328,7 @@ def _greedy(scorer, first, mask, start_pos, cache, max_new, stop_ids):
         if bool(done.all()) or step == max_new - 1:
             break
         mask = torch.cat([mask, torch.ones(n, 1, dtype=torch.long, device=dev)], dim=1)
-        # One token per row: memory-bound, so bf16 autocast would only add a cast of every weight.
-        with torch.autocast(scorer.device.type, enabled=False):
-            hidden = scorer.step(token[:, None], mask, (start_pos + step)[:, None], cache)
+        hidden = scorer.step(token[:, None], mask, (start_pos + step)[:, None], cache)
         token = scorer.log_probs(hidden[:, -1]).argmax(dim=-1)
     return out
 

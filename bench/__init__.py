@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of harness against the obvious alternatives (python -m bench)."""

@@ -1,0 +1,178 @@
+"""python -m bench [--out bench.json]: harness vs the obvious alternatives, side by side in one process.
+
+Parts (each prints as it finishes; all figures go to one JSON with versions and CPU flags):
+  peak        the bf16 and fp32 matmul peak of this machine, measured here
+  scoring     target-token log-likelihood: harness vs a naive per-example loop vs lm-eval HFLM
+  mc          multiple choice (the default general set) vs lm-eval HFLM
+  generation  greedy decoding vs a text-generation pipeline called per example (fp32: identical)
+  training    full / LoRA / QLoRA tokens/s vs TRL SFTTrainer with its defaults
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import click
+
+from bench import common, generation, scoring, training
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+
+
+def cpu_info() -> dict:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    import torch
+
+    return {"model": name or platform.processor(), "flags": [f for f in FLAGS if f in flags],
+            "threads": torch.get_num_threads()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("harness", "torch", "transformers", "peft", "bitsandbytes", "trl", "lm_eval"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def run_scoring(report, model, model_bf16, tok, params, limit, lm_eval_batches):
+    _, data = common.load_suite_data("headline.yaml")
+    requests, pairs = scoring.headline_requests(tok, data, limit)
+    total, target = scoring._request_tokens(requests)
+    ours, fig_h = scoring.harness_scores(model, tok, requests, True, params)
+    naive, fig_n = scoring.naive_scores(model, requests, True, params)
+    exact_ours, _ = scoring.harness_scores(model, tok, requests[:32], False, params)
+    exact_naive, _ = scoring.naive_scores(model, requests[:32], False, params)
+    figures = [fig_h, fig_n]
+    same_ids = None
+    for batch in lm_eval_batches:
+        theirs, encoded, fig = scoring.lm_eval_scores(model_bf16, tok, pairs, batch, params, total, target)
+        figures.append(fig)
+        same_ids = sum(list(c) + list(k) == r.prompt + list(r.continuations[0]) for (c, k), r in zip(encoded, requests))
+    best_lm = min(figures[2:], key=lambda f: f.seconds) if lm_eval_batches else None
+    report["scoring"] = {
+        "requests": len(requests), "tokens": total, "target_tokens": target,
+        "figures": {f.name: f.describe(report["peak_gflops"]["bfloat16"]) for f in figures},
+        "speedup_vs_naive": round(fig_n.seconds / fig_h.seconds, 2),
+        "speedup_vs_lm_eval": round(best_lm.seconds / fig_h.seconds, 2) if best_lm else None,
+        "lm_eval_same_token_ids": same_ids,
+        "max_abs_logprob_diff_vs_separate_bf16": max(abs(a - b) for a, b in zip(ours, naive)),
+        "max_abs_logprob_diff_vs_separate_fp32": max(abs(a - b) for a, b in zip(exact_ours, exact_naive)),
+    }
+    _say(f"scoring: {json.dumps(report['scoring'], indent=1)}")
+
+
+def run_mc(report, model, model_bf16, tok, lm_eval_batch, limit):
+    import dataclasses
+
+    task = next(t for t in common.load_general().tasks if t.spec.kind == "multiple_choice")
+    task = dataclasses.replace(task, items=task.items[:limit])
+    ours, seconds = scoring.mc_harness(model, tok, task, True)
+    theirs, their_seconds = scoring.mc_lm_eval(model_bf16, tok, task, lm_eval_batch)
+    report["multiple_choice"] = {
+        "items": len(task.items), "choices": sum(len(i["choices"]) for i in task.items),
+        "harness_seconds": round(seconds, 3), f"lm_eval_batch{lm_eval_batch}_seconds": round(their_seconds, 3),
+        "speedup_vs_lm_eval": round(their_seconds / seconds, 2),
+        "same_predictions": sum(a == b for a, b in zip(ours, theirs)),
+    }
+    _say(f"multiple choice: {json.dumps(report['multiple_choice'], indent=1)}")
+
+
+def run_generation(report, model, tok, limit, max_new):
+    from harness.prompts import encode_prompt, render_prompt
+
+    _, data = common.load_suite_data("headline.yaml")
+    texts = [render_prompt(tok, data.task, (), e) for e in data.test[:limit]]
+    prompts = [encode_prompt(tok, t) for t in texts]
+    ours, fig_h = generation.harness_generate(model, tok, prompts, max_new, False)
+    ours_bf16, fig_b = generation.harness_generate(model, tok, prompts, max_new, True)
+    theirs, fig_p = generation.pipeline_generate(model, tok, texts, max_new)
+    report["generation"] = {
+        "examples": len(prompts), "max_new_tokens": max_new,
+        "figures": {f.name: f.describe(0) for f in (fig_h, fig_b, fig_p)},
+        "speedup_vs_pipeline_fp32": round(fig_p.seconds / fig_h.seconds, 2),
+        "speedup_vs_pipeline_default_mode": round(fig_p.seconds / fig_b.seconds, 2),
+        "identical_predictions_fp32": sum(a.strip() == b.strip() for a, b in zip(ours, theirs)),
+        "identical_predictions_bf16_prompts": sum(a.strip() == b.strip() for a, b in zip(ours_bf16, theirs)),
+        "first_difference": next(({"harness": a, "pipeline": b} for a, b in zip(ours, theirs)
+                                  if a.strip() != b.strip()), None),
+    }
+    _say(f"generation: {json.dumps(report['generation'], indent=1)}")
+
+
+def run_training(report, spec, params, steps, batch, kinds, with_trl):
+    _, data = common.load_suite_data("sentiment.yaml")
+    peak = report["peak_gflops"]["bfloat16"]
+    out = {"steps": steps, "batch_size": batch, "examples": steps * batch}
+    for kind in kinds:
+        ours = training.harness_train(kind, spec, data, steps, batch, params)
+        out[kind] = {"harness": ours.describe(peak)}
+        if with_trl:
+            theirs = training.trl_train(kind, spec, data, steps, batch, params)
+            out[kind]["trl_defaults"] = theirs.describe(peak)
+            out[kind]["speedup_vs_trl"] = round(out[kind]["harness"]["tokens_per_s"] /
+                                                out[kind]["trl_defaults"]["tokens_per_s"], 2)
+        _say(f"training {kind}: {json.dumps(out[kind])}")
+    if "lora" in kinds and "qlora" in kinds:
+        out["qlora_vs_lora_speed"] = round(out["qlora"]["harness"]["tokens_per_s"] /
+                                           out["lora"]["harness"]["tokens_per_s"], 2)
+    report["training"] = out
+
+
+@click.command()
+@click.option("--model", "model_ref", default="builtin:smollm2-135m-instruct", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench.json"), show_default=True)
+@click.option("--parts", default="scoring,mc,generation,training", show_default=True)
+@click.option("--scoring-limit", type=int, default=None, help="First N headline test examples (default all).")
+@click.option("--lm-eval-batch", "lm_eval_batches", multiple=True, type=int, default=(1, 16), show_default=True)
+@click.option("--mc-limit", type=int, default=None, help="First N multiple-choice items (default all 360).")
+@click.option("--gen-limit", type=int, default=48, show_default=True)
+@click.option("--max-new-tokens", type=int, default=24, show_default=True)
+@click.option("--train-steps", type=int, default=6, show_default=True)
+@click.option("--train-batch", type=int, default=8, show_default=True)
+@click.option("--train-kinds", default="full,lora,qlora", show_default=True)
+@click.option("--no-trl", is_flag=True, help="Skip the TRL side of the training part.")
+def main(model_ref, out, parts, scoring_limit, lm_eval_batches, mc_limit, gen_limit, max_new_tokens, train_steps,
+         train_batch, train_kinds, no_trl):
+    import torch
+
+    from harness.models import quiet_libraries
+
+    quiet_libraries()
+    parts = set(parts.split(","))
+    report = {"versions": versions(), "cpu": cpu_info(),
+              "peak_gflops": {d: round(common.matmul_peak(d), 1) for d in ("bfloat16", "float32")}}
+    _say(f"peak GFLOP/s: {report['peak_gflops']}")
+    model, tok, spec = common.load_model(model_ref)
+    params = common.param_count(model)
+    report["model"] = {"ref": model_ref, "parameters": params}
+    if parts & {"scoring", "mc"}:
+        model_bf16 = common.load_model(model_ref)[0].to(torch.bfloat16)
+        if "scoring" in parts:
+            run_scoring(report, model, model_bf16, tok, params, scoring_limit, lm_eval_batches)
+        if "mc" in parts:
+            run_mc(report, model, model_bf16, tok, max(lm_eval_batches), mc_limit)
+        del model_bf16
+    if "generation" in parts:
+        run_generation(report, model, tok, gen_limit, max_new_tokens)
+    if "training" in parts:
+        run_training(report, spec, params, train_steps, train_batch, train_kinds.split(","), not no_trl)
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    _say(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

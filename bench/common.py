@@ -1,0 +1,86 @@
+"""What every part of the benchmark shares: the matmul peak, FLOP counts, timing and the workloads.
+
+FLOP convention (PaLM's model FLOPs, attention left out): a forward pass costs 2·N FLOPs per
+token and a training step 6·N, where N counts every parameter once (SmolLM2's output head is tied
+to the embedding, so it is counted once: it is a real matmul at every position a naive
+implementation scores). Utilisation is those FLOPs over the wall time, divided by the bf16 matmul
+peak this process measures itself.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 8) -> float:
+    """Best sustained GFLOP/s of a square matmul in this dtype (a few sizes, best taken)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    best = 0.0
+    for n in (size // 2, size, size * 2):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.matmul(a, b)                                   # warm-up: thread pool, kernel choice
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.matmul(a, b)
+        seconds = time.perf_counter() - start
+        best = max(best, 2 * n ** 3 * repeats / seconds / 1e9)
+    return best
+
+
+@contextmanager
+def timed(into: dict, key: str):
+    start = time.perf_counter()
+    yield
+    into[key] = time.perf_counter() - start
+
+
+@dataclass
+class Figure:
+    """One measured side: what ran, how long, how many tokens, and the FLOPs those tokens imply."""
+
+    name: str
+    seconds: float
+    tokens: int
+    flops: float = 0.0
+
+    def describe(self, peak_gflops: float) -> dict:
+        rate = self.tokens / self.seconds if self.seconds else 0.0
+        util = self.flops / self.seconds / (peak_gflops * 1e9) if self.seconds and peak_gflops else 0.0
+        return {"seconds": round(self.seconds, 3), "tokens": self.tokens, "tokens_per_s": round(rate, 1),
+                "fraction_of_bf16_peak": round(util, 3)}
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_suite_data(suite_file: str):
+    from harness.data import load_data
+    from harness.suite import load_suite
+
+    suite = load_suite(ROOT / "suites" / suite_file)
+    return suite, load_data(suite)
+
+
+def load_general():
+    from harness.general import load_general_set
+
+    return load_general_set(ROOT / "suites" / "general" / "default.yaml")
+
+
+def load_model(ref: str, dtype: str = "float32"):
+    """(model, tokenizer, spec): the harness's own loader, then cast if asked (lm-eval's bf16 path)."""
+    import torch
+
+    from harness import models
+
+    spec = models.resolve(ref)
+    model, tokenizer = models.load(spec)
+    return model.to(getattr(torch, dtype)).eval(), tokenizer, spec

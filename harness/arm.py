@@ -27,7 +27,7 @@ class ArmJob:
     data: SuiteData
     batch_tokens: int
     workdir: str
-    eval_bf16: bool = False          # bf16 autocast during evaluation
+    eval_bf16: bool = False          # evaluate with bf16 weights (harness.evaluate)
     overlong: str = "error"          # prompts over the model's context: error or truncate
     evaluate_test: bool = True       # the suite's test split
     evaluate_general: bool = True    # the general tasks (the forgetting check)

@@ -46,7 +46,7 @@ def select_arms(suite: Suite, only: list[str] | None) -> list[str]:
 def environment(model: ModelSpec, eval_bf16: bool) -> dict:
     runtime = runtime_environment(("torch", "transformers", "peft", "bitsandbytes", "datasets", "torchmetrics"))
     return {**runtime, "train_dtype": model.train_dtype,
-            "eval_dtype": "bfloat16 autocast (fp32 weights)" if eval_bf16 else "float32"}
+            "eval_dtype": "bfloat16 (weights cast from fp32 for evaluation)" if eval_bf16 else "float32"}
 
 
 def new_results(suite: Suite, model: ModelSpec, data: SuiteData) -> Results:

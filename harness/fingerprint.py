@@ -101,7 +101,7 @@ def decoding_fingerprints(max_new_tokens: int, stop: tuple[str, ...], bf16: bool
                           overlong: str = "error") -> dict[str, str]:
     return {"decoding.strategy": "greedy", "decoding.max_new_tokens": str(max_new_tokens),
             "decoding.stop": json.dumps(list(stop)),
-            "decoding.precision": "bfloat16 autocast (fp32 weights)" if bf16 else "float32",
+            "decoding.precision": "bfloat16 (weights cast from fp32 for evaluation)" if bf16 else "float32",
             "decoding.overlong": overlong}
 
 

@@ -7,7 +7,7 @@
 One path for all three: check the candidate directory before anything loads (harness.candidate),
 load the base model once, fingerprint it, probe that the candidate changes its logits, apply
 the candidate, and evaluate it with the same code as `harness compare` (harness.evaluate on the
-test split, harness.general on the gated general tasks), with bf16 autocast where compare uses it.
+test split, harness.general on the gated general tasks), in bf16 where compare uses it.
 
 A baseline file (JSON) keeps the candidate's metrics, its per-example rows (so regress pairs
 by example id and recomputes any metric from them), and the fingerprints of everything the

@@ -56,8 +56,8 @@ class EvalSpec(Strict):
         "error", description="A prompt that does not fit the model's context: stop with an error naming the "
                              "example, or keep its shared prefix and last tokens (counted in results).")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Matmul precision of evaluation: auto = bf16 autocast where the CPU or GPU "
-                            "has fast bf16 (weights stay fp32), else float32.")
+        "auto", description="Precision of evaluation: auto = bf16 weights (cast from fp32 for the "
+                            "evaluation) where the CPU or GPU has fast bf16, else float32.")
 
 
 class GeneralSpec(Strict):

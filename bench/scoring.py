@@ -2,8 +2,10 @@
 
 All three score the same requests: the headline suite's test prompts (chat template applied)
 with their gold headline as the continuation, and the default general set's multiple-choice
-items. harness and the naive loop run the fp32 weights under bf16 autocast (the harness default
-on a CPU with fast bf16); lm-eval gets the model cast to bfloat16, its own bf16 path.
+items. All run bf16 weights: harness its own way (bf16 copies of the fp32 weights for the call,
+its default on a CPU with fast bf16); the naive loop and lm-eval get the model cast to bfloat16.
+Agreement with separate scoring is checked in fp32, where it must hold to 1e-3 (bf16 rounding
+differs with the batch's shape, so bf16 numbers of the same request differ by up to ~0.5 nats).
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 from bench.common import Figure, timed
 
 
-def headline_requests(tokenizer, data, limit: int | None):
-    """(harness Requests, (context text, continuation text) pairs) for the same examples."""
+def headline_requests(tokenizer, data, limit: int | None, shots: int = 0):
+    """(harness Requests, (context text, continuation text) pairs) for the same examples; with
+    shots, the exemplars the few-shot arm would use precede every prompt."""
+    from backends.prompt import choose_shots
     from harness.evaluate import Request
     from harness.prompts import encode_prompt, encode_target, render_prompt
 
+    exemplars = choose_shots(data.train, shots, data.task.labels, data.seed) if shots else ()
     end = tokenizer.convert_ids_to_tokens(encode_target(tokenizer, "")[-1])
     requests, texts = [], []
     for example in data.test[:limit]:
-        prompt = render_prompt(tokenizer, data.task, (), example)
+        prompt = render_prompt(tokenizer, data.task, exemplars, example)
         requests.append(Request(encode_prompt(tokenizer, prompt), (encode_target(tokenizer, example.target),)))
         texts.append((prompt, example.target + end))
     return requests, texts

@@ -48,6 +48,7 @@ def _trl_dataset(data):
 def trl_train(kind: str, spec, data, steps: int, batch: int, params: int) -> Figure:
     import time
 
+    import torch
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
@@ -60,7 +61,8 @@ def trl_train(kind: str, spec, data, steps: int, batch: int, params: int) -> Fig
     with tempfile.TemporaryDirectory() as work:
         config = SFTConfig(output_dir=work, max_steps=steps, per_device_train_batch_size=batch,
                            learning_rate=options.learning_rate, report_to=[], save_strategy="no",
-                           disable_tqdm=True, seed=data.seed, include_num_input_tokens_seen="non_padding")
+                           disable_tqdm=True, seed=data.seed, include_num_input_tokens_seen="non_padding",
+                           use_cpu=not torch.cuda.is_available())   # transformers refuses bf16 on CPU without it
         trainer = SFTTrainer(model=model, args=config, train_dataset=_trl_dataset(data),
                              processing_class=tokenizer, peft_config=peft_config)
         start = time.perf_counter()

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import registry
 from harness.errors import HarnessError, RefusedArtifact, SuiteError, shown
 from harness.metrics import METRICS
-from harness.regression import RegressionSpec
+from harness.regression import RegressionSpec, regression_problems
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -589,7 +589,7 @@ def load_suite(path: str | Path) -> Suite:
         problems = _pydantic_problems(exc) + problems
     refused = None
     if suite is not None:
-        problems += _path_problems(suite)
+        problems += _path_problems(suite) + regression_problems(suite)
         model_problems, refused = _model_problems(suite)
         problems += model_problems
     if refused is not None and not problems:

@@ -110,3 +110,17 @@ def test_arm_without_type_is_reported(tmp_path, tiny_model_dir):
     with pytest.raises(SuiteError) as err:
         load_suite(path)
     assert any(p.startswith("backends.a.type: Field required") for p in err.value.problems)
+
+
+def test_validate_cross_checks_the_regression_section(tmp_path, tiny_model_dir):
+    from harness.errors import SuiteError
+    from harness.suite import load_suite
+
+    from .conftest import make_suite
+
+    suite = make_suite(tmp_path / "s", tiny_model_dir, extra="regression: {metrics: [rougeL], general: [knowledge]}\n")
+    with pytest.raises(SuiteError) as caught:
+        load_suite(suite)
+    text = "\n".join(caught.value.lines())
+    assert "regression.metrics.0: 'rougeL' is not one of metrics" in text
+    assert "regression.general: the suite has no general tasks" in text

@@ -151,8 +151,9 @@ def run_training(report, spec, params, steps, batch, kinds, with_trl):
 @click.option("--train-batch", type=int, default=8, show_default=True)
 @click.option("--train-kinds", default="full,lora,qlora", show_default=True)
 @click.option("--no-trl", is_flag=True, help="Skip the TRL side of the training part.")
+@click.option("--peak-size", type=int, default=2048, show_default=True, help="Matmul size for the peak.")
 def main(model_ref, out, parts, scoring_limit, lm_eval_batches, mc_limit, gen_limit, max_new_tokens, train_steps,
-         train_batch, train_kinds, no_trl):
+         train_batch, train_kinds, no_trl, peak_size):
     import torch
 
     from harness.models import quiet_libraries
@@ -160,7 +161,7 @@ def main(model_ref, out, parts, scoring_limit, lm_eval_batches, mc_limit, gen_li
     quiet_libraries()
     parts = set(parts.split(","))
     report = {"versions": versions(), "cpu": cpu_info(),
-              "peak_gflops": {d: round(common.matmul_peak(d), 1) for d in ("bfloat16", "float32")}}
+              "peak_gflops": {d: round(common.matmul_peak(d, peak_size), 1) for d in ("bfloat16", "float32")}}
     _say(f"peak GFLOP/s: {report['peak_gflops']}")
     model, tok, spec = common.load_model(model_ref)
     params = common.param_count(model)

@@ -134,3 +134,37 @@ def test_macro_f1_from_statistics_equals_torchmetrics():
 def test_perplexity_is_token_weighted():
     rows = [{"target_nll": 2.0, "target_tokens": 1}, {"target_nll": 6.0, "target_tokens": 3}]
     assert METRICS["perplexity"].compute(rows) == pytest.approx(np.exp(8.0 / 4))
+
+
+WORDS = "storm city river council market school train bridge farmers record".split()
+
+
+def _seeded_arm(targets, difficulty, seed):
+    """An 'arm' whose output depends only on each example's difficulty and the arm's seed: each
+    target word is kept with probability 1 - difficulty, else replaced by a random word."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(w if rng.random() > d else WORDS[rng.integers(len(WORDS))] for w in t.split())
+            for t, d in zip(targets, difficulty)]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "rougeL", "chrf"])
+def test_a_a_two_seeds_with_no_real_effect_are_rarely_significant(metric):
+    """A/A check: two arms that differ only in seed, on the same examples, with no real effect.
+    At 95% confidence the paired test may call them different in about 5% of trials, not more."""
+    rng = np.random.default_rng(123)
+    trials, n, hits = 200, 60, 0
+    for trial in range(trials):
+        difficulty = rng.uniform(0.05, 0.9, n)                 # examples differ a lot; arms do not
+        if metric == "accuracy":
+            a = _cls_rows(rng.random(n) > difficulty)
+            b = _cls_rows(rng.random(n) > difficulty)
+            labels = ("a", "b")
+        else:
+            targets = [" ".join(rng.choice(WORDS, 6)) for _ in range(n)]
+            a = _gen_rows(_seeded_arm(targets, difficulty, 2 * trial), targets)
+            b = _gen_rows(_seeded_arm(targets, difficulty, 2 * trial + 1), targets)
+            labels = None
+        m = METRICS[metric]
+        out = paired(m, m.stats(a, labels), m.stats(b, labels), StatsConfig(resamples=1000, seed=trial))
+        hits += out["p_value"] < 0.05
+    assert hits / trials <= 0.08, hits

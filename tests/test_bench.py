@@ -1,0 +1,35 @@
+"""The benchmark runs end to end on the tiny model and its correctness checks hold: the same
+requests as lm-eval, log-probs equal to separate scoring in fp32, greedy text identical to a
+text-generation pipeline in fp32, and both trainers train."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("trl")
+pytest.importorskip("lm_eval")
+
+
+def test_bench_runs_on_the_tiny_model_and_agrees_with_the_alternatives(tmp_path, tiny_model_dir):
+    from bench.__main__ import main
+
+    out = tmp_path / "bench.json"
+    args = ["--model", str(tiny_model_dir), "--out", str(out), "--scoring-limit", "12", "--lm-eval-batch", "4",
+            "--mc-limit", "6", "--gen-limit", "6", "--max-new-tokens", "8", "--train-steps", "1",
+            "--train-batch", "2", "--train-kinds", "full,lora", "--peak-size", "256"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["peak_gflops"]["float32"] > 0 and report["versions"]["trl"]
+    for part in report["scoring"].values():
+        assert part["requests"] == 12 and part["lm_eval_same_token_ids"] == 12
+        assert part["max_abs_logprob_diff_vs_separate_fp32"] < 1e-3
+    assert report["multiple_choice"]["items"] == 6
+    generation = report["generation"]
+    assert generation["identical_predictions_fp32"] == 6, generation["first_difference_fp32"]
+    for kind in ("full", "lora"):
+        assert report["training"][kind]["harness"]["tokens"] > 0
+        assert report["training"][kind]["trl_defaults"]["tokens"] > 0

@@ -259,7 +259,21 @@ def _training_args(workdir: Path, options, data: TrainData, bf16: bool, examples
         include_num_input_tokens_seen="non_padding", **fsdp_arguments(options))
 
 
+def attention_for(model, training: bool) -> None:
+    """Eager attention while training on a CPU, SDPA otherwise. Measured on 2 cores with
+    SmolLM2-135M, 8 x 80 tokens: forward + backward 1.21 s eager vs 1.53-1.76 s SDPA, whose CPU
+    backward kernel alone took 17% of the step. Evaluation stays on SDPA (7.2 s vs 8.4 s eager
+    scoring the headline prompts)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation("eager" if training else "sdpa")
+
+
 def _prepare(model, peft_config, quantize_4bit: bool, options):
+    attention_for(model, training=True)
     if peft_config is None:
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -338,6 +352,7 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     artifact = save_atomically(model, workdir / ("adapter" if peft_config is not None else "model"), state_dict)
     stats.artifact_bytes = _dir_bytes(artifact)
     record_finished(workdir, artifact, stats)
+    attention_for(model, training=False)
     if is_distributed():      # nobody evaluates this copy: skip merging the adapter
         return ModelHandle(model=None, tokenizer=tokenizer, artifact_path=str(artifact), stats=stats)
     return eval_handle(model, tokenizer, artifact, stats, peft_config, quantize_4bit)

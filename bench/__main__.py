@@ -147,7 +147,7 @@ def run_training(report, spec, params, steps, batch, kinds, with_trl):
 @click.option("--mc-limit", type=int, default=None, help="First N multiple-choice items (default all 360).")
 @click.option("--gen-limit", type=int, default=48, show_default=True)
 @click.option("--max-new-tokens", type=int, default=24, show_default=True)
-@click.option("--train-steps", type=int, default=6, show_default=True)
+@click.option("--train-steps", type=int, default=16, show_default=True)
 @click.option("--train-batch", type=int, default=8, show_default=True)
 @click.option("--train-kinds", default="full,lora,qlora", show_default=True)
 @click.option("--no-trl", is_flag=True, help="Skip the TRL side of the training part.")

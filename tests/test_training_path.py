@@ -51,3 +51,28 @@ def test_relative_model_path_is_found_beside_the_suite(tmp_path, tiny_model_dir)
     link.symlink_to(tiny_model_dir)
     spec = models.resolve("models/tiny", base_dir=tmp_path)
     assert spec.path == str(link.resolve())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="eager attention is the CPU training choice")
+def test_cpu_training_runs_eager_attention_and_evaluation_goes_back_to_sdpa(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    from backends.lora import LoraBackend
+    from harness.backend import TrainData
+
+    from .test_backends_conformance import EXAMPLES, TASK
+
+    calls = {"eager": 0}
+    original = modeling_llama.eager_attention_forward
+
+    def counting(*args, **kwargs):
+        calls["eager"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama, "eager_attention_forward", counting)
+    spec = ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32")
+    options = LoraBackend.Options(max_steps=1, batch_size=2)
+    handle = LoraBackend(options).train(spec, TrainData(EXAMPLES[:4], TASK, seed=0), tmp_path / "work")
+    assert calls["eager"] > 0                                  # the training forward ran eager attention
+    base = handle.model.get_base_model() if hasattr(handle.model, "get_base_model") else handle.model
+    assert base.config._attn_implementation == "sdpa"          # evaluation runs SDPA

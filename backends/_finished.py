@@ -10,7 +10,6 @@ or decoding settings at the cost of a model load. A damaged record is a warning 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 import warnings
@@ -22,31 +21,25 @@ FINISHED = "trained.json"
 
 
 def record_finished(workdir: Path, artifact: Path, stats: TrainStats) -> None:
-    from harness.cache import digest
-    from harness.results import atomic_write_text
+    from harness.cache import write_checked
 
-    payload = {"artifact": artifact.name, "stats": dataclasses.asdict(stats)}
-    atomic_write_text(workdir / FINISHED, json.dumps({"sha256": digest(payload), "payload": payload}))
+    write_checked(workdir / FINISHED, {"artifact": artifact.name, "stats": dataclasses.asdict(stats)})
     shutil.rmtree(workdir / "trainer", ignore_errors=True)
 
 
 def read_finished(workdir: Path) -> tuple[TrainStats, Path] | None:
     """The finished training's stats and artifact, or None; a damaged record is set aside."""
-    from harness.cache import digest
+    from harness.cache import read_checked, train_stats_from
 
     path = workdir / FINISHED
     if not path.exists():
         return None
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        payload = stored["payload"]
-        if stored.get("sha256") != digest(payload):
-            raise ValueError("checksum mismatch")
+        payload = read_checked(path)
         artifact = workdir / payload["artifact"]
         if not artifact.is_dir():
             raise ValueError(f"{artifact.name} is missing")
-        raw = payload["stats"]
-        stats = TrainStats(**{**raw, "loss_curve": [tuple(p) for p in raw["loss_curve"]]})
+        stats = train_stats_from(payload["stats"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         warnings.warn(f"finished training in {workdir} is unreadable ({exc}); training again", stacklevel=2)
         path.rename(path.with_name(f"{FINISHED}.corrupt-{int(time.time())}"))

@@ -99,6 +99,24 @@ def _write_json_atomic(path: Path, payload) -> None:
     atomic_write_text(path, json.dumps(payload, sort_keys=True))
 
 
+def write_checked(path: Path, payload: dict) -> None:
+    """Write a JSON payload with its checksum, atomically: a reader sees all of it or nothing."""
+    _write_json_atomic(path, {"sha256": digest(payload), "payload": payload})
+
+
+def read_checked(path: Path) -> dict:
+    """The payload written by write_checked; ValueError (or OSError, KeyError) if it is damaged."""
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    payload = stored["payload"]
+    if stored.get("sha256") != digest(payload):
+        raise ValueError("checksum mismatch")
+    return payload
+
+
+def train_stats_from(raw: dict) -> TrainStats:
+    return TrainStats(**{**raw, "loss_curve": [tuple(p) for p in raw["loss_curve"]]})
+
+
 class ArmCache:
     def __init__(self, root: Path | None = None, read: bool = True):
         self.root = root or cache_dir()
@@ -123,16 +141,13 @@ class ArmCache:
         if not self.read or not path.exists():
             return None
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            payload = stored["payload"]
-            if stored.get("sha256") != digest(payload):
-                raise ValueError("checksum mismatch")
+            payload = read_checked(path)
             artifact = payload["artifact"]
             if artifact is not None:
                 artifact = str(self.root / artifact)
                 if not Path(artifact).exists():
                     raise ValueError("its trained artifact is missing")
-            stats = TrainStats(**{**payload["stats"], "loss_curve": [tuple(p) for p in payload["stats"]["loss_curve"]]})
+            stats = train_stats_from(payload["stats"])
             return ArmOutcome(ok=True, rows=payload["rows"], general_rows=payload["general_rows"], stats=stats,
                               eval_seconds=payload["eval_seconds"], eval_tokens=payload["eval_tokens"],
                               general_seconds=payload["general_seconds"], artifact=artifact,
@@ -159,7 +174,7 @@ class ArmCache:
                    "stats": dataclasses.asdict(stats), "eval_seconds": outcome.eval_seconds,
                    "eval_tokens": outcome.eval_tokens, "general_seconds": outcome.general_seconds,
                    "eval_truncated": outcome.eval_truncated, "artifact": artifact}
-        _write_json_atomic(self.eval_entry(key), {"sha256": digest(payload), "payload": payload})
+        write_checked(self.eval_entry(key), payload)
 
 
 def publish_artifact(artifact: str, destination: Path) -> Path:

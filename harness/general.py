@@ -121,7 +121,8 @@ def lm_eval_tasks(names: list[str], include: str | None, limit: int | None) -> t
 def _read_set_spec(path: Path) -> tuple[GeneralSetSpec | None, list[str]]:
     """The general set file's tasks and the problems found in it (no data read)."""
     from harness.errors import SuiteError
-    from harness.suite import _pydantic_problems, read_yaml
+    from harness.safe_yaml import read_yaml
+    from harness.suite import _pydantic_problems
 
     try:
         raw = read_yaml(path, what="general set")

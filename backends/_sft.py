@@ -22,10 +22,12 @@ import resource
 import time
 from pathlib import Path
 
+from backends._allocator import keep_freed_memory
 from backends._distributed import fsdp_arguments, full_state_dict, is_distributed, reduce_counts, training_note
 from backends._finished import eval_handle, record_finished, reopen_finished
 from harness.backend import ModelHandle, ModelSpec, TrainData, TrainStats
 from harness.errors import BackendError, TrainingDiverged
+from harness.evaluate import weights_in_bf16
 from harness.progress import enabled as progress_enabled
 from harness.prompts import encode_pair
 
@@ -110,21 +112,22 @@ def _guard_callback(model):
                 self.reason = f"the loss became {float(loss)}"
             return output
 
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            import torch
-
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))) \
-                if grads else 0.0
-            if not math.isfinite(norm):
-                self.reason = self.reason or f"the gradients became non-finite (norm {norm})"
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            # Trainer has just computed the gradient norm to clip it and logs it every step
+            # (logging_steps=1): reading it saves a second pass over every gradient.
+            norm = (logs or {}).get("grad_norm")
+            if norm is None or self.reason:
+                return
             self.zero_steps = self.zero_steps + 1 if norm == 0.0 else 0
-            if self.zero_steps >= self.COLLAPSE_STEPS:
-                self.reason = self.reason or f"training collapsed: zero gradient norm for {self.zero_steps} steps"
+            if not math.isfinite(norm):
+                self.reason = f"the gradients became non-finite (norm {norm}; step {state.global_step})"
+            elif self.zero_steps >= self.COLLAPSE_STEPS:
+                self.reason = f"training collapsed: zero gradient norm for {self.zero_steps} steps " \
+                              f"(step {state.global_step})"
+            control.should_training_stop = control.should_training_stop or self.reason is not None
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if not self.reason and not all(bool(p.detach().isfinite().all()) for p in model.parameters()
-                                           if p.requires_grad):
+            if not self.reason and not _weights_finite(model):
                 self.reason = "the weights became non-finite"
             if self.reason:
                 self.reason = f"{self.reason} (step {state.global_step})"
@@ -132,6 +135,16 @@ def _guard_callback(model):
             _fault_injection(state.global_step, model)
 
     return TrainingGuard()
+
+
+def _weights_finite(model) -> bool:
+    """One fused pass over the trainable weights (their total norm is finite iff every weight is,
+    short of an overflow that is itself divergence). Checking each tensor with isfinite().all()
+    took 430 ms of a 1.7 s full fine-tuning step on 2 cores: four passes and temporaries per tensor."""
+    import torch
+
+    weights = [p.detach() for p in model.parameters() if p.requires_grad]
+    return not weights or bool(torch.nn.utils.get_total_norm(weights, foreach=True).isfinite())
 
 
 def _fault_injection(step: int, model) -> None:
@@ -161,6 +174,13 @@ def _checkpoint_callback():
     class MarkComplete(TrainerCallback):
         """Trainer writes a checkpoint in place; this marks it complete once fully written, so a
         checkpoint cut short by a kill is never taken for a good one."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # Trainer also checkpoints after the last step; the finished artifact and trained.json
+            # are written right after, so that checkpoint (weights and optimizer state: 5 s for a
+            # full fine-tune of 135M parameters here) would never be read.
+            if state.global_step >= state.max_steps:
+                control.should_save = False
 
         def on_save(self, args, state, control, **kwargs):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -272,8 +292,17 @@ def attention_for(model, training: bool) -> None:
     base.set_attn_implementation("eager" if training else "sdpa")
 
 
+def _contiguous_head_input(model) -> None:
+    """The head sees `hidden[:, -keep:]`, a strided view. With a bf16 weight and no autocast cast in
+    between, torch.matmul cannot fold that view to one matrix product and instead expands the
+    49k x 576 weight per row into a batched product: 0.9 s of a 1.6 s LoRA step on 2 cores. A
+    contiguous copy of the few kept positions costs nothing."""
+    model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+
+
 def _prepare(model, peft_config, quantize_4bit: bool, options):
     attention_for(model, training=True)
+    _contiguous_head_input(model)
     if peft_config is None:
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -376,5 +405,10 @@ def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):
     trainer.remove_callback(PrinterCallback)   # it prints every log dict when bars are off
     resume = last_good_checkpoint(Path(args.output_dir)) if Path(args.output_dir).is_dir() else None
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    # Frozen weights (the base under LoRA / QLoRA) train as bf16 copies: autocast would otherwise
+    # re-cast all of them on every forward, and the residual stream would run in fp32. Measured
+    # on 2 cores, 8 x 71 tokens: LoRA 1.10 -> 1.05 s per step, QLoRA 1.33 -> 1.22 s. The fp32 base
+    # comes back afterwards, so evaluation sees the same model as a reopened artifact.
+    with keep_freed_memory(), weights_in_bf16(model, args.bf16, frozen_only=True):
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return trainer, tokenizer, guard, seen, skipped, time.perf_counter() - start

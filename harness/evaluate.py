@@ -93,7 +93,7 @@ def _device(model):
 
 
 @contextmanager
-def weights_in_bf16(model, enabled: bool):
+def weights_in_bf16(model, enabled: bool, frozen_only: bool = False):
     """For the length of a bf16 evaluation, the model's floating-point weights are bf16 copies.
 
     This is bf16 inference as lm-eval or vLLM run it (activations and residual stream in bf16).
@@ -104,13 +104,16 @@ def weights_in_bf16(model, enabled: bool):
     value as autocast would give it, so a full fine-tune's small updates count no less than under
     autocast; they stay in the fp32 weights, which come back afterwards. Buffers (the rotary
     frequencies) stay fp32; 4-bit weights are not floating point and are left alone.
+
+    frozen_only: only weights that do not train (LoRA / QLoRA training runs the frozen base in
+    bf16, as those recipes load it; the adapter stays fp32 under autocast).
     """
     import torch
 
     saved = []
     if enabled:
         for param in model.parameters():
-            if param.dtype == torch.float32:
+            if param.dtype == torch.float32 and not (frozen_only and param.requires_grad):
                 saved.append((param, param.data))
                 param.data = param.data.to(torch.bfloat16)
     try:

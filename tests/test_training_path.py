@@ -76,3 +76,90 @@ def test_cpu_training_runs_eager_attention_and_evaluation_goes_back_to_sdpa(tiny
     assert calls["eager"] > 0                                  # the training forward ran eager attention
     base = handle.model.get_base_model() if hasattr(handle.model, "get_base_model") else handle.model
     assert base.config._attn_implementation == "sdpa"          # evaluation runs SDPA
+
+
+def _train_lora_watching(tiny_model_dir, tmp_path, train_dtype: str, watch, **options):
+    """Train the tiny model with LoRA for a few steps, calling `watch(model)` inside every training forward."""
+    from transformers import Trainer
+
+    from backends.lora import LoraBackend
+    from harness.backend import TrainData
+
+    from .test_backends_conformance import EXAMPLES, TASK
+
+    original = Trainer.compute_loss
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        watch(model)
+        return original(self, model, inputs, *args, **kwargs)
+
+    spec = ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype=train_dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "compute_loss", compute_loss)
+        return LoraBackend(LoraBackend.Options(batch_size=2, **options)).train(
+            spec, TrainData(EXAMPLES[:4], TASK, seed=0), tmp_path / "work")
+
+
+def test_bf16_lora_training_runs_the_frozen_base_in_bf16_and_gives_the_fp32_base_back(tiny_model_dir, tmp_path):
+    seen = []
+
+    def watch(model):
+        dtypes = {p.requires_grad: p.dtype for p in model.parameters()}
+        head_inputs = []
+        hook = model.get_output_embeddings().register_forward_pre_hook(
+            lambda module, args: head_inputs.append(args[0].is_contiguous()))
+        seen.append((dtypes, hook, head_inputs))
+
+    reference, _ = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    handle = _train_lora_watching(tiny_model_dir, tmp_path, "bfloat16", watch, max_steps=2)
+    assert seen and all(d == {False: torch.bfloat16, True: torch.float32} for d, _, _ in seen)
+    assert all(all(inputs) for _, _, inputs in seen[:-1])   # the head got a contiguous input every step
+    for _, hook, _ in seen:
+        hook.remove()
+    merged = dict(handle.model.named_parameters())
+    # Evaluation gets the fp32 base back: weights untouched by LoRA are bit-equal to the loaded ones.
+    for name, param in reference.named_parameters():
+        if "embed" in name or "norm" in name:
+            assert merged[name].dtype == torch.float32 and torch.equal(merged[name], param), name
+
+
+def test_no_checkpoint_is_written_after_the_last_step(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    saved = []
+    original = Trainer._save_checkpoint
+
+    def save(self, *args, **kwargs):
+        saved.append(self.state.global_step)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+    _train_lora_watching(tiny_model_dir, tmp_path, "float32", lambda model: None, max_steps=4, checkpoint_every=2)
+    assert saved == [2]        # not step 4: the finished artifact is saved right after it
+
+
+def test_training_keeps_freed_memory_in_the_heap_and_gives_it_back_afterwards():
+    import ctypes
+
+    from backends._allocator import _glibc, keep_freed_memory
+
+    libc = _glibc()
+    if libc is None:
+        pytest.skip("glibc only")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+
+    def mmapped_bytes_of_a_64mib_tensor() -> int:
+        before = libc.mallinfo2().hblkhd
+        block = torch.empty(16 * 1024 * 1024, dtype=torch.float32)
+        during = libc.mallinfo2().hblkhd
+        del block
+        return during - before
+
+    with keep_freed_memory():
+        assert mmapped_bytes_of_a_64mib_tensor() == 0          # served from the heap, kept there after free
+    assert mmapped_bytes_of_a_64mib_tensor() >= 64 * 1024 * 1024   # glibc's default again: its own mmap

@@ -1,0 +1,50 @@
+"""Keep freed memory in the process while training (glibc malloc), instead of handing it back.
+
+By default glibc serves every allocation over its mmap threshold (at most 32 MiB) with a fresh
+mmap and unmaps it on free, and trims the heap's top above 128 KiB. A training step frees and
+re-allocates the same large buffers every time (the 49k x 576 embedding gradient, weight casts,
+the optimizer's temporaries), so every step faults all their pages in again, and on a virtual
+machine a page fault is dear. Measured on this 2-core VM with SmolLM2-135M, 8 x 71 tokens per
+step: a full fine-tuning step went from 1.43-1.9 s to about 1.2 s.
+
+The policy is set for the length of a training run and the defaults come back afterwards, with a
+trim that returns the heap to the system: evaluation and whatever else shares the process are
+left as they were. Other C libraries (musl, macOS) are left alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+from contextlib import contextmanager
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_MAX: 65536}
+KEEP = {M_TRIM_THRESHOLD: 2 ** 31 - 1, M_MMAP_MAX: 0}   # mallopt takes a C int
+
+
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@contextmanager
+def keep_freed_memory(enabled: bool = True):
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield
+        return
+    for option, value in KEEP.items():
+        libc.mallopt(option, value)
+    try:
+        yield
+    finally:
+        for option, value in GLIBC_DEFAULTS.items():
+            libc.mallopt(option, value)
+        libc.malloc_trim(0)

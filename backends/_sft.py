@@ -25,6 +25,7 @@ from pathlib import Path
 from backends._allocator import keep_freed_memory
 from backends._distributed import fsdp_arguments, full_state_dict, is_distributed, reduce_counts, training_note
 from backends._finished import eval_handle, record_finished, reopen_finished
+from backends._guard import guard_callback
 from harness.backend import ModelHandle, ModelSpec, TrainData, TrainStats
 from harness.errors import BackendError, TrainingDiverged
 from harness.evaluate import weights_in_bf16
@@ -82,87 +83,6 @@ class TargetOnlyCollator:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
                 "labels": labels[:, -keep:], "logits_to_keep": keep}
-
-
-def _guard_callback(model):
-    from transformers import TrainerCallback
-
-    class TrainingGuard(TrainerCallback):
-        """Stops the run within one step when training breaks, from the tensors themselves (the
-        logged loss is an average that Trainer may filter): a non-finite loss in any micro-batch,
-        non-finite gradients or weights, or a gradient norm of zero for COLLAPSE_STEPS steps."""
-
-        COLLAPSE_STEPS = 3
-        reason = None
-        zero_steps = 0
-
-        def __init__(self):
-            model.register_forward_hook(self._check_loss)
-
-        def _check_loss(self, module, args, output):
-            loss = getattr(output, "loss", None)
-            if not module.training or loss is None:
-                return None
-            fault = os.environ.get("HARNESS_FAULT", "")
-            if fault.startswith("oom_above_batch=") and output.logits.shape[0] > int(fault.split("=")[1]):
-                raise RuntimeError("DefaultCPUAllocator: can't allocate memory (test fault)")
-            if fault == "zero_loss":     # test-only: a run whose gradients vanish
-                output.loss = loss * 0.0
-            elif not bool(loss.detach().isfinite()) and not self.reason:
-                self.reason = f"the loss became {float(loss)}"
-            return output
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            # Trainer has just computed the gradient norm to clip it and logs it every step
-            # (logging_steps=1): reading it saves a second pass over every gradient.
-            norm = (logs or {}).get("grad_norm")
-            if norm is None or self.reason:
-                return
-            self.zero_steps = self.zero_steps + 1 if norm == 0.0 else 0
-            if not math.isfinite(norm):
-                self.reason = f"the gradients became non-finite (norm {norm}; step {state.global_step})"
-            elif self.zero_steps >= self.COLLAPSE_STEPS:
-                self.reason = f"training collapsed: zero gradient norm for {self.zero_steps} steps " \
-                              f"(step {state.global_step})"
-            control.should_training_stop = control.should_training_stop or self.reason is not None
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if not self.reason and not _weights_finite(model):
-                self.reason = "the weights became non-finite"
-            if self.reason:
-                self.reason = f"{self.reason} (step {state.global_step})"
-                control.should_training_stop = True
-            _fault_injection(state.global_step, model)
-
-    return TrainingGuard()
-
-
-def _weights_finite(model) -> bool:
-    """One fused pass over the trainable weights (their total norm is finite iff every weight is,
-    short of an overflow that is itself divergence). Checking each tensor with isfinite().all()
-    took 430 ms of a 1.7 s full fine-tuning step on 2 cores: four passes and temporaries per tensor."""
-    import torch
-
-    weights = [p.detach() for p in model.parameters() if p.requires_grad]
-    return not weights or bool(torch.nn.utils.get_total_norm(weights, foreach=True).isfinite())
-
-
-def _fault_injection(step: int, model) -> None:
-    """Test-only faults, set by HARNESS_FAULT: kill_at_step=N kills this process (SIGKILL) at the end
-    of step N; nan_at_step=N writes a NaN into a trainable weight at the end of step N. (Also
-    zero_loss and oom_above_batch=N in the guard, disk_full_on_save in save_atomically.)"""
-    import signal
-
-    kind, _, at = os.environ.get("HARNESS_FAULT", "").partition("=")
-    if not at or step != int(at):
-        return
-    if kind == "kill_at_step":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "nan_at_step":
-        import torch
-
-        with torch.no_grad():
-            next(p for p in model.parameters() if p.requires_grad).view(-1)[0] = float("nan")
 
 
 COMPLETE = "harness-complete"
@@ -396,7 +316,7 @@ def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):
     model, tokenizer = models.load(spec, quantize_4bit=quantize_4bit, compute_dtype=spec.train_dtype)
     model = _prepare(model, peft_config, quantize_4bit, options)
     dataset, skipped = tokenize(tokenizer, data, options.max_length)
-    guard = _guard_callback(model)
+    guard = guard_callback(model)
     seen = _count_target_tokens(model)
     args = _training_args(workdir, options, data, spec.train_dtype == "bfloat16", len(dataset))
     trainer = Trainer(model=model, args=args, train_dataset=dataset,

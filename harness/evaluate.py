@@ -12,7 +12,6 @@ batch of different suffixes.
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -139,14 +138,12 @@ class _Scorer:
             out = self.backbone(input_ids=ids, use_cache=True)
             self.prefix_cache = out.past_key_values
 
-    def new_cache(self, rows: int):
-        from transformers import DynamicCache
+    def new_cache(self, rows: int, reserve: int):
+        """A cache for `rows` rows starting from the shared prefix, with room for `reserve` more tokens."""
+        from harness.kv_cache import growing_cache
 
-        if self.prefix_cache is None:
-            return DynamicCache()
-        cache = copy.deepcopy(self.prefix_cache)
-        cache.batch_repeat_interleave(rows)
-        return cache
+        layers = self.backbone.config.num_hidden_layers
+        return growing_cache(layers, reserve, self.prefix_cache, rows)
 
     def step(self, ids, mask, positions, cache):
         """Run new tokens on top of `cache`; returns hidden states (B, T, H)."""
@@ -260,7 +257,7 @@ def _score_batch(scorer: _Scorer, suffixes, continuations, max_new, stop_ids, pa
     mask = torch.cat([torch.ones(n, P, dtype=torch.long, device=dev),
                       (torch.arange(S, device=dev)[None] < lens[:, None]).long()], dim=1)
     positions = P + torch.arange(S, device=dev)[None].expand(n, S)
-    cache = scorer.new_cache(n)
+    cache = scorer.new_cache(n, S + max((len(c) for conts in continuations for c in conts), default=0) + max_new)
     hidden = scorer.step(ids, mask, positions, cache)
     first = scorer.log_probs(hidden[torch.arange(n), lens - 1])            # (n, V)
 

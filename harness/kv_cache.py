@@ -28,7 +28,8 @@ class GrowingLayer(DynamicLayer):
         import torch
 
         old = self.get_seq_length()
-        capacity = max(length + self.reserve, 2 * length)
+        grown = self._keys_buffer is not None and self._keys_buffer.shape[0] == like.shape[0]
+        capacity = max(length + self.reserve, 2 * self._keys_buffer.shape[-2] if grown else 0)
         shape = (*like.shape[:-2], capacity, like.shape[-1])
         keys = torch.empty(shape, dtype=like.dtype, device=like.device)
         values = torch.empty(shape, dtype=like.dtype, device=like.device)

@@ -141,7 +141,7 @@ def test_no_checkpoint_is_written_after_the_last_step(tiny_model_dir, tmp_path, 
 def test_training_keeps_freed_memory_in_the_heap_and_gives_it_back_afterwards():
     import ctypes
 
-    from backends._allocator import _glibc, keep_freed_memory
+    from harness.allocator import _glibc, keep_freed_memory
 
     libc = _glibc()
     if libc is None:

@@ -1,4 +1,4 @@
-"""Keep freed memory in the process while training (glibc malloc), instead of handing it back.
+"""Keep freed memory in the process while training or evaluating (glibc malloc), instead of handing it back.
 
 By default glibc serves every allocation over its mmap threshold (at most 32 MiB) with a fresh
 mmap and unmaps it on free, and trims the heap's top above 128 KiB. A training step frees and
@@ -7,7 +7,10 @@ the optimizer's temporaries), so every step faults all their pages in again, and
 machine a page fault is dear. Measured on this 2-core VM with SmolLM2-135M, 8 x 71 tokens per
 step: a full fine-tuning step went from 1.43-1.9 s to about 1.2 s.
 
-The policy is set for the length of a training run and the defaults come back afterwards, with a
+Evaluation is the same story: a bf16 gate/up projection of 64 x 100 tokens took 4 ms into a
+reused buffer and 10-24 ms into freshly mapped memory.
+
+The policy is set for the length of a training run or an evaluation call and the defaults come back afterwards, with a
 trim that returns the heap to the system: evaluation and whatever else shares the process are
 left as they were. Other C libraries (musl, macOS) are left alone.
 """

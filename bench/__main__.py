@@ -67,11 +67,17 @@ def run_scoring(report, model, model_bf16, tok, params, limit, lm_eval_batches):
             same_ids = sum(list(c) + list(k) == r.prompt + list(r.continuations[0])
                            for (c, k), r in zip(encoded, requests))
         best_lm = min(figures[2:], key=lambda f: f.seconds) if lm_eval_batches else None
+        same = None
+        if lm_eval_batches:      # lm-eval again at its best batch size, under harness's process settings
+            best_batch = next(b for b in lm_eval_batches if f"batch {b})" in best_lm.name)
+            same = scoring.lm_eval_scores(model_bf16, tok, pairs, best_batch, params, total, target, True)[2]
+            figures.append(same)
         part = report["scoring"][f"{shots}-shot prompts"] = {
             "requests": len(requests), "tokens": total, "target_tokens": target,
             "figures": {f.name: f.describe(peak) for f in figures},
             "speedup_vs_naive": round(fig_n.seconds / fig_h.seconds, 2),
             "speedup_vs_lm_eval": round(best_lm.seconds / fig_h.seconds, 2) if best_lm else None,
+            "speedup_vs_lm_eval_same_settings": round(same.seconds / fig_h.seconds, 2) if same else None,
             "lm_eval_same_token_ids": same_ids,
             "max_abs_logprob_diff_vs_separate_bf16": max(abs(a - b) for a, b in zip(ours, naive)),
             "max_abs_logprob_diff_vs_separate_fp32": max(abs(a - b) for a, b in zip(exact_ours, exact_naive)),
@@ -86,10 +92,13 @@ def run_mc(report, model, model_bf16, tok, lm_eval_batch, limit):
     task = dataclasses.replace(task, items=task.items[:limit])
     ours, seconds = scoring.mc_harness(model, tok, task, True)
     theirs, their_seconds = scoring.mc_lm_eval(model_bf16, tok, task, lm_eval_batch)
+    _, same_seconds = scoring.mc_lm_eval(model_bf16, tok, task, lm_eval_batch, same_settings=True)
     report["multiple_choice"] = {
         "items": len(task.items), "choices": sum(len(i["choices"]) for i in task.items),
         "harness_seconds": round(seconds, 3), f"lm_eval_batch{lm_eval_batch}_seconds": round(their_seconds, 3),
         "speedup_vs_lm_eval": round(their_seconds / seconds, 2),
+        f"lm_eval_batch{lm_eval_batch}_harness_settings_seconds": round(same_seconds, 3),
+        "speedup_vs_lm_eval_same_settings": round(same_seconds / seconds, 2),
         "same_predictions": sum(a == b for a, b in zip(ours, theirs)),
     }
     _say(f"multiple choice: {json.dumps(report['multiple_choice'], indent=1)}")
@@ -106,11 +115,16 @@ def run_generation(report, model, model_bf16, tok, limit, max_new):
     ours_bf16, fig_hb = generation.harness_generate(model, tok, prompts, max_new, True)
     theirs_bf16, fig_pb = generation.pipeline_generate(model_bf16, tok, texts, max_new)
     fig_pb.name = "pipeline loop (bf16)"
+    _, fig_ps = generation.pipeline_generate(model, tok, texts, max_new, same_settings=True)
+    _, fig_pbs = generation.pipeline_generate(model_bf16, tok, texts, max_new, same_settings=True)
+    fig_pbs.name = "pipeline loop (bf16, harness's settings)"
     report["generation"] = {
         "examples": len(prompts), "max_new_tokens": max_new,
-        "figures": {f.name: f.describe(0) for f in (fig_h, fig_p, fig_hb, fig_pb)},
+        "figures": {f.name: f.describe(0) for f in (fig_h, fig_p, fig_ps, fig_hb, fig_pb, fig_pbs)},
         "speedup_vs_pipeline_fp32": round(fig_p.seconds / fig_h.seconds, 2),
         "speedup_vs_pipeline_bf16": round(fig_pb.seconds / fig_hb.seconds, 2),
+        "speedup_vs_pipeline_fp32_same_settings": round(fig_ps.seconds / fig_h.seconds, 2),
+        "speedup_vs_pipeline_bf16_same_settings": round(fig_pbs.seconds / fig_hb.seconds, 2),
         "identical_predictions_fp32": sum(a.strip() == b.strip() for a, b in zip(ours, theirs)),
         "identical_predictions_bf16": sum(a.strip() == b.strip() for a, b in zip(ours_bf16, theirs_bf16)),
         "first_difference_fp32": next(({"harness": a, "pipeline": b} for a, b in zip(ours, theirs)
@@ -129,8 +143,11 @@ def run_training(report, spec, params, steps, batch, kinds, with_trl):
         if with_trl:
             theirs = training.trl_train(kind, spec, data, steps, batch, params)
             out[kind]["trl_defaults"] = theirs.describe(peak)
-            out[kind]["speedup_vs_trl"] = round(out[kind]["harness"]["tokens_per_s"] /
-                                                out[kind]["trl_defaults"]["tokens_per_s"], 2)
+            same = training.trl_train(kind, spec, data, steps, batch, params, same_settings=True)
+            out[kind]["trl_defaults_harness_settings"] = same.describe(peak)
+            for key, figure in (("speedup_vs_trl", "trl_defaults"),
+                                ("speedup_vs_trl_same_settings", "trl_defaults_harness_settings")):
+                out[kind][key] = round(out[kind]["harness"]["tokens_per_s"] / out[kind][figure]["tokens_per_s"], 2)
         _say(f"training {kind}: {json.dumps(out[kind])}")
     if "lora" in kinds and "qlora" in kinds:
         out["qlora_vs_lora_speed"] = round(out["qlora"]["harness"]["tokens_per_s"] /

@@ -4,7 +4,9 @@ identical token for token, and harness again in its default mode on this CPU (bf
 
 from __future__ import annotations
 
-from bench.common import Figure, timed
+from contextlib import nullcontext
+
+from bench.common import Figure, harness_settings, timed
 
 
 def harness_generate(model, tokenizer, prompts: list[list[int]], max_new: int, bf16: bool):
@@ -21,16 +23,16 @@ def harness_generate(model, tokenizer, prompts: list[list[int]], max_new: int, b
     return texts, Figure("harness" + (" (bf16 prompts)" if bf16 else ""), seconds["run"], tokens)
 
 
-def pipeline_generate(model, tokenizer, prompt_texts: list[str], max_new: int):
+def pipeline_generate(model, tokenizer, prompt_texts: list[str], max_new: int, same_settings: bool = False):
     import torch
     from transformers import pipeline
 
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device=model.device)
     seconds: dict = {}
     texts, tokens = [], 0
-    with timed(seconds, "run"), torch.inference_mode():
+    with timed(seconds, "run"), torch.inference_mode(), harness_settings(model) if same_settings else nullcontext():
         for text in prompt_texts:
             out = pipe(text, max_new_tokens=max_new, do_sample=False, return_full_text=False)
             texts.append(out[0]["generated_text"])
             tokens += len(tokenizer(out[0]["generated_text"], add_special_tokens=False)["input_ids"])
-    return texts, Figure("pipeline loop", seconds["run"], tokens)
+    return texts, Figure("pipeline loop" + (" (harness's settings)" if same_settings else ""), seconds["run"], tokens)

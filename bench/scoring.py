@@ -5,12 +5,16 @@ with their gold headline as the continuation, and the default general set's mult
 items. All run bf16 weights: harness its own way (bf16 copies of the fp32 weights for the call,
 its default on a CPU with fast bf16); the naive loop and lm-eval get the model cast to bfloat16.
 Agreement with separate scoring is checked in fp32, where it must hold to 1e-3 (bf16 rounding
-differs with the batch's shape, so bf16 numbers of the same request differ by up to ~0.5 nats).
+differs with the batch's shape, so bf16 numbers of the same request differ by up to ~1 nat).
+lm-eval also runs once more under the process settings harness applies around its own
+evaluation (bench.common.harness_settings), for a like-for-like figure.
 """
 
 from __future__ import annotations
 
-from bench.common import Figure, timed
+from contextlib import nullcontext
+
+from bench.common import Figure, harness_settings, timed
 
 
 def headline_requests(tokenizer, data, limit: int | None, shots: int = 0):
@@ -63,7 +67,8 @@ def naive_scores(model, requests, bf16: bool, params: int):
     return values, Figure("naive loop", seconds["run"], target, 2 * params * total)
 
 
-def lm_eval_scores(model_bf16, tokenizer, pairs, batch_size: int, params: int, total_tokens: int, target_tokens: int):
+def lm_eval_scores(model_bf16, tokenizer, pairs, batch_size: int, params: int, total_tokens: int, target_tokens: int,
+                   same_settings: bool = False):
     """lm-eval's HFLM.loglikelihood on the same (context, continuation) texts; also the token ids
     it used, to check the requests are the same as ours."""
     from lm_eval.api.instance import Instance
@@ -73,11 +78,11 @@ def lm_eval_scores(model_bf16, tokenizer, pairs, batch_size: int, params: int, t
     instances = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
                  for i, pair in enumerate(pairs)]
     seconds: dict = {}
-    with timed(seconds, "run"):
+    with timed(seconds, "run"), harness_settings(model_bf16) if same_settings else nullcontext():
         out = lm.loglikelihood(instances, disable_tqdm=True)
     encoded = [lm._encode_pair(context, cont) for context, cont in pairs]
-    return ([lp for lp, _ in out], encoded,
-            Figure(f"lm-eval HFLM (batch {batch_size})", seconds["run"], target_tokens, 2 * params * total_tokens))
+    name = f"lm-eval HFLM (batch {batch_size}" + (", harness's settings)" if same_settings else ")")
+    return [lp for lp, _ in out], encoded, Figure(name, seconds["run"], target_tokens, 2 * params * total_tokens)
 
 
 def mc_harness(model, tokenizer, task, bf16: bool):
@@ -89,7 +94,7 @@ def mc_harness(model, tokenizer, task, bf16: bool):
     return [int(r["ll_prediction"]) for r in rows], seconds["run"]
 
 
-def mc_lm_eval(model_bf16, tokenizer, task, batch_size: int):
+def mc_lm_eval(model_bf16, tokenizer, task, batch_size: int, same_settings: bool = False):
     """The same items as lm-eval's multiple-choice requests: one loglikelihood per choice."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -107,7 +112,7 @@ def mc_lm_eval(model_bf16, tokenizer, task, batch_size: int):
                                       idx=len(instances)))
             owners.append(item["id"])
     seconds: dict = {}
-    with timed(seconds, "run"):
+    with timed(seconds, "run"), harness_settings(model_bf16) if same_settings else nullcontext():
         out = lm.loglikelihood(instances, disable_tqdm=True)
     predictions, start = [], 0
     for item in task.items:

@@ -4,14 +4,17 @@ Same model, same examples (the sentiment suite's train split, as prompt/completi
 conversations for TRL), same batch size, steps and learning rate; everything else is each
 tool's default (TRL: padding to the batch's longest row, gradient checkpointing on, bf16 on).
 Tokens are the non-padding tokens each trainer reports it consumed; time is trainer.train only.
+TRL runs twice: as its users run it, and under the process settings harness applies to its own
+training (glibc keeping freed memory), so that gain can be told apart from the rest.
 """
 
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
-from bench.common import Figure
+from bench.common import Figure, harness_settings
 
 # 6·N per token for full training; adapters skip the frozen weights' gradients: 4·N.
 FLOPS_PER_PARAM = {"full": 6, "lora": 4, "qlora": 4}
@@ -45,7 +48,8 @@ def _trl_dataset(data):
                               for e in data.train])
 
 
-def trl_train(kind: str, spec, data, steps: int, batch: int, params: int) -> Figure:
+def trl_train(kind: str, spec, data, steps: int, batch: int, params: int, same_settings: bool = False) -> Figure:
+    """same_settings: TRL runs under harness's process settings (bench.common.harness_settings)."""
     import time
 
     import torch
@@ -66,7 +70,8 @@ def trl_train(kind: str, spec, data, steps: int, batch: int, params: int) -> Fig
         trainer = SFTTrainer(model=model, args=config, train_dataset=_trl_dataset(data),
                              processing_class=tokenizer, peft_config=peft_config)
         start = time.perf_counter()
-        trainer.train()
+        with harness_settings() if same_settings else nullcontext():
+            trainer.train()
         seconds = time.perf_counter() - start
         tokens = int(trainer.state.num_input_tokens_seen)
-    return Figure(f"TRL SFTTrainer {kind}", seconds, tokens, FLOPS_PER_PARAM[kind] * params * tokens)
+    return Figure(f"TRL SFTTrainer {kind}" + (" (harness's settings)" if same_settings else ""), seconds, tokens, FLOPS_PER_PARAM[kind] * params * tokens)

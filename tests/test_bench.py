@@ -33,3 +33,8 @@ def test_bench_runs_on_the_tiny_model_and_agrees_with_the_alternatives(tmp_path,
     for kind in ("full", "lora"):
         assert report["training"][kind]["harness"]["tokens"] > 0
         assert report["training"][kind]["trl_defaults"]["tokens"] > 0
+        assert report["training"][kind]["trl_defaults_harness_settings"]["tokens"] > 0
+    # the like-for-like figures: alternatives also run under harness's process settings
+    assert all(part["speedup_vs_lm_eval_same_settings"] > 0 for part in report["scoring"].values())
+    assert report["multiple_choice"]["speedup_vs_lm_eval_same_settings"] > 0
+    assert generation["speedup_vs_pipeline_bf16_same_settings"] > 0

@@ -10,9 +10,10 @@ step: a full fine-tuning step went from 1.43-1.9 s to about 1.2 s.
 Evaluation is the same story: a bf16 gate/up projection of 64 x 100 tokens took 4 ms into a
 reused buffer and 10-24 ms into freshly mapped memory.
 
-The policy is set for the length of a training run or an evaluation call and the defaults come back afterwards, with a
-trim that returns the heap to the system: evaluation and whatever else shares the process are
-left as they were. Other C libraries (musl, macOS) are left alone.
+The policy is set for the length of a training run or an evaluation call (an arm's own process
+holds it from start to end, so evaluation reuses what training freed), and the defaults come
+back afterwards with a trim that returns the heap to the system: whatever else shares the
+process is left as it was. Other C libraries (musl, macOS) are left alone.
 """
 
 from __future__ import annotations
@@ -37,17 +38,25 @@ def _glibc():
         return None
 
 
+_depth = 0     # nested uses (an arm's process around its training and evaluation) restore once
+
+
 @contextmanager
 def keep_freed_memory(enabled: bool = True):
+    global _depth
     libc = _glibc() if enabled else None
     if libc is None:
         yield
         return
-    for option, value in KEEP.items():
-        libc.mallopt(option, value)
+    if _depth == 0:
+        for option, value in KEEP.items():
+            libc.mallopt(option, value)
+    _depth += 1
     try:
         yield
     finally:
-        for option, value in GLIBC_DEFAULTS.items():
-            libc.mallopt(option, value)
-        libc.malloc_trim(0)
+        _depth -= 1
+        if _depth == 0:
+            for option, value in GLIBC_DEFAULTS.items():
+                libc.mallopt(option, value)
+            libc.malloc_trim(0)

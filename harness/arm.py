@@ -102,8 +102,11 @@ def run_arm_caught(job: ArmJob) -> ArmOutcome:
 
     # Libraries' deprecation notices about their own internals are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    from harness.allocator import keep_freed_memory
+
     try:
-        outcome = run_arm(job)
+        with keep_freed_memory():     # held for the whole arm: evaluation reuses what training freed
+            outcome = run_arm(job)
     except HarnessError as exc:
         outcome = ArmOutcome(ok=False, error="; ".join(exc.lines()), exit_code=exc.exit_code,
                              traceback=traceback.format_exc())

@@ -138,10 +138,11 @@ def test_no_checkpoint_is_written_after_the_last_step(tiny_model_dir, tmp_path, 
     assert saved == [2]        # not step 4: the finished artifact is saved right after it
 
 
-def test_training_keeps_freed_memory_in_the_heap_and_gives_it_back_afterwards():
+def _mmapped_bytes_of_a_64mib_tensor() -> int:
+    """How much of a fresh 64 MiB tensor glibc served with its own mmap (0: from the heap)."""
     import ctypes
 
-    from harness.allocator import _glibc, keep_freed_memory
+    from harness.allocator import _glibc
 
     libc = _glibc()
     if libc is None:
@@ -152,14 +153,26 @@ def test_training_keeps_freed_memory_in_the_heap_and_gives_it_back_afterwards():
                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     libc.mallinfo2.restype = MallInfo2
+    before = libc.mallinfo2().hblkhd
+    block = torch.empty(16 * 1024 * 1024, dtype=torch.float32)
+    during = libc.mallinfo2().hblkhd
+    del block
+    return during - before
 
-    def mmapped_bytes_of_a_64mib_tensor() -> int:
-        before = libc.mallinfo2().hblkhd
-        block = torch.empty(16 * 1024 * 1024, dtype=torch.float32)
-        during = libc.mallinfo2().hblkhd
-        del block
-        return during - before
+
+def test_training_keeps_freed_memory_in_the_heap_and_gives_it_back_afterwards():
+    from harness.allocator import keep_freed_memory
 
     with keep_freed_memory():
-        assert mmapped_bytes_of_a_64mib_tensor() == 0          # served from the heap, kept there after free
-    assert mmapped_bytes_of_a_64mib_tensor() >= 64 * 1024 * 1024   # glibc's default again: its own mmap
+        assert _mmapped_bytes_of_a_64mib_tensor() == 0          # served from the heap, kept there after free
+    assert _mmapped_bytes_of_a_64mib_tensor() >= 64 * 1024 * 1024   # glibc's default again: its own mmap
+
+
+def test_nested_keep_freed_memory_restores_the_defaults_once_the_outermost_ends():
+    from harness.allocator import keep_freed_memory
+
+    with keep_freed_memory():
+        with keep_freed_memory():      # an evaluation call inside an arm's process
+            pass
+        assert _mmapped_bytes_of_a_64mib_tensor() == 0          # the inner exit left the arm's policy in place
+    assert _mmapped_bytes_of_a_64mib_tensor() >= 64 * 1024 * 1024

@@ -17,6 +17,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _suite_default_batch_tokens() -> int:
+    from harness.suite import EvalSpec
+
+    return EvalSpec.model_fields["batch_tokens"].default
+
+
+BATCH_TOKENS = _suite_default_batch_tokens()   # harness runs as `harness compare` does by default
+
+
 def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 8) -> float:
     """Best sustained GFLOP/s of a square matmul in this dtype (a few sizes, best taken)."""
     import torch

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from bench.common import Figure, harness_settings, timed
+from bench.common import BATCH_TOKENS, Figure, harness_settings, timed
 
 
 def harness_generate(model, tokenizer, prompts: list[list[int]], max_new: int, bf16: bool):
@@ -17,7 +17,7 @@ def harness_generate(model, tokenizer, prompts: list[list[int]], max_new: int, b
     stop_ids = {end_of_turn_id(tokenizer), tokenizer.eos_token_id}
     seconds: dict = {}
     with timed(seconds, "run"):
-        out, _ = run_requests(model, requests, max_new, stop_ids, tokenizer.pad_token_id, 8192, "bench", bf16)
+        out, _ = run_requests(model, requests, max_new, stop_ids, tokenizer.pad_token_id, BATCH_TOKENS, "bench", bf16)
     texts = [tokenizer.decode(generated, skip_special_tokens=True) for _, generated in out]
     tokens = sum(len(generated) for _, generated in out)
     return texts, Figure("harness" + (" (bf16 prompts)" if bf16 else ""), seconds["run"], tokens)

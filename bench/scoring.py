@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from bench.common import Figure, harness_settings, timed
+from bench.common import BATCH_TOKENS, Figure, harness_settings, timed
 
 
 def headline_requests(tokenizer, data, limit: int | None, shots: int = 0):
@@ -39,7 +39,7 @@ def _request_tokens(requests) -> tuple[int, int]:
     return total, sum(len(c) for r in requests for c in r.continuations)
 
 
-def harness_scores(model, tokenizer, requests, bf16: bool, params: int, batch_tokens: int = 8192):
+def harness_scores(model, tokenizer, requests, bf16: bool, params: int, batch_tokens: int = BATCH_TOKENS):
     from harness.evaluate import run_requests
 
     seconds: dict = {}
@@ -90,7 +90,7 @@ def mc_harness(model, tokenizer, task, bf16: bool):
 
     seconds: dict = {}
     with timed(seconds, "run"):
-        rows = _multiple_choice(model, tokenizer, task, 8192, bf16)
+        rows = _multiple_choice(model, tokenizer, task, BATCH_TOKENS, bf16)
     return [int(r["ll_prediction"]) for r in rows], seconds["run"]
 
 

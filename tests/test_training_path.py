@@ -101,9 +101,12 @@ def _train_lora_watching(tiny_model_dir, tmp_path, train_dtype: str, watch, **op
 
 
 def test_bf16_lora_training_runs_the_frozen_base_in_bf16_and_gives_the_fp32_base_back(tiny_model_dir, tmp_path):
-    seen = []
+    seen, casts = [], set()
 
     def watch(model):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        casts.update(m.cast_input_dtype_enabled for m in model.modules() if isinstance(m, BaseTunerLayer))
         dtypes = {p.requires_grad: p.dtype for p in model.parameters()}
         head_inputs = []
         hook = model.get_output_embeddings().register_forward_pre_hook(
@@ -113,6 +116,7 @@ def test_bf16_lora_training_runs_the_frozen_base_in_bf16_and_gives_the_fp32_base
     reference, _ = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
     handle = _train_lora_watching(tiny_model_dir, tmp_path, "bfloat16", watch, max_steps=2)
     assert seen and all(d == {False: torch.bfloat16, True: torch.float32} for d, _, _ in seen)
+    assert casts == {False}      # autocast casts the adapters' input: PEFT's own fp32 cast is off
     assert all(all(inputs) for _, _, inputs in seen[:-1])   # the head got a contiguous input every step
     for _, hook, _ in seen:
         hook.remove()

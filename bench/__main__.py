@@ -138,10 +138,13 @@ def run_training(report, spec, params, steps, batch, kinds, with_trl):
     peak = report["peak_gflops"]["bfloat16"]
     out = {"steps": steps, "batch_size": batch, "examples": steps * batch}
     for kind in kinds:
+        common.fresh_start()
         ours = training.harness_train(kind, spec, data, steps, batch, params)
         out[kind] = {"harness": ours.describe(peak)}
         if with_trl:
+            common.fresh_start()
             theirs = training.trl_train(kind, spec, data, steps, batch, params)
+            common.fresh_start()
             out[kind]["trl_defaults"] = theirs.describe(peak)
             same = training.trl_train(kind, spec, data, steps, batch, params, same_settings=True)
             out[kind]["trl_defaults_harness_settings"] = same.describe(peak)

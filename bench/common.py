@@ -95,6 +95,19 @@ def load_model(ref: str, dtype: str = "float32"):
     return model.to(getattr(torch, dtype)).eval(), tokenizer, spec
 
 
+def fresh_start() -> None:
+    """Before each trainer's run: collect garbage and hand the heap back to the system, so no run
+    inherits the one before it's leftovers (the same for every side)."""
+    import gc
+
+    from harness.allocator import _glibc
+
+    gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 @contextmanager
 def harness_settings(model=None):
     """The process settings harness applies around its own training and evaluation calls (glibc

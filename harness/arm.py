@@ -103,7 +103,9 @@ def run_arm_caught(job: ArmJob) -> ArmOutcome:
     # Libraries' deprecation notices about their own internals are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
     from harness.allocator import keep_freed_memory
+    from harness.models import quiet_libraries
 
+    quiet_libraries()    # a fresh process: the parent's logging settings did not come with it
     try:
         with keep_freed_memory():     # held for the whole arm: evaluation reuses what training freed
             outcome = run_arm(job)

@@ -22,10 +22,10 @@ import resource
 import time
 from pathlib import Path
 
-from harness.allocator import keep_freed_memory
 from backends._distributed import fsdp_arguments, full_state_dict, is_distributed, reduce_counts, training_note
 from backends._finished import eval_handle, record_finished, reopen_finished
 from backends._guard import guard_callback
+from harness.allocator import keep_freed_memory
 from harness.backend import ModelHandle, ModelSpec, TrainData, TrainStats
 from harness.errors import BackendError, TrainingDiverged
 from harness.evaluate import weights_in_bf16

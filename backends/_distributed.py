@@ -30,21 +30,23 @@ def fsdp_arguments(options) -> dict:
                                           "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}}
 
 
-def reduce_counts(target_tokens: int, peak_bytes: int) -> tuple[int, int]:
-    """Target tokens summed over ranks, peak memory the largest of any rank (each rank counted
-    only its own share). A collective call: every rank must make it."""
+def reduce_counts(target_tokens: int, peak_bytes: int, cpu_seconds: float) -> tuple[int, int, float]:
+    """Target tokens and CPU time summed over ranks, peak memory the largest of any rank (each
+    rank counted only its own share). A collective call: every rank must make it."""
     if not is_distributed():
-        return target_tokens, peak_bytes
+        return target_tokens, peak_bytes, cpu_seconds
     import torch
     import torch.distributed as dist
 
     tokens = torch.tensor([target_tokens], dtype=torch.long)
     peak = torch.tensor([peak_bytes], dtype=torch.long)
+    cpu = torch.tensor([cpu_seconds], dtype=torch.float64)
     if dist.get_backend() == "nccl":
-        tokens, peak = tokens.cuda(), peak.cuda()
+        tokens, peak, cpu = tokens.cuda(), peak.cuda(), cpu.cuda()
     dist.all_reduce(tokens, op=dist.ReduceOp.SUM)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-    return int(tokens.item()), int(peak.item())
+    dist.all_reduce(cpu, op=dist.ReduceOp.SUM)
+    return int(tokens.item()), int(peak.item()), float(cpu.item())
 
 
 def full_state_dict(trainer):

@@ -62,6 +62,7 @@ class TrainData:
 @dataclass
 class TrainStats:
     seconds: float = 0.0
+    cpu_seconds: float = 0.0        # CPU time (user + system, every thread; summed over ranks) of training
     tokens: int = 0                 # tokens processed by forward/backward (prompt + target, no padding)
     target_tokens: int = 0          # tokens that carried the loss
     steps: int = 0

@@ -45,7 +45,9 @@ def select_arms(suite: Suite, only: list[str] | None) -> list[str]:
 
 def environment(model: ModelSpec, eval_bf16: bool) -> dict:
     runtime = runtime_environment(("torch", "transformers", "peft", "bitsandbytes", "datasets", "torchmetrics"))
-    return {**runtime, "train_dtype": model.train_dtype,
+    import torch
+
+    return {**runtime, "accelerator": "cuda" if torch.cuda.is_available() else "cpu", "train_dtype": model.train_dtype,
             "eval_dtype": "bfloat16 (weights cast from fp32 for evaluation)" if eval_bf16 else "float32"}
 
 
@@ -91,7 +93,7 @@ def arm_result(suite: Suite, name: str, outcome: ArmOutcome) -> ArmResult:
     if not outcome.ok:
         return ArmResult(**base, status="failed", error=outcome.error, exit_code=outcome.exit_code)
     s = outcome.stats
-    cost = Cost(train_seconds=round(s.seconds, 3), train_tokens=s.tokens, train_target_tokens=s.target_tokens,
+    cost = Cost(train_seconds=round(s.seconds, 3), train_cpu_seconds=round(s.cpu_seconds, 3), train_tokens=s.tokens, train_target_tokens=s.target_tokens,
                 train_steps=s.steps, peak_memory_bytes=s.peak_memory_bytes, trainable_params=s.trainable_params,
                 total_params=s.total_params, artifact_bytes=s.artifact_bytes,
                 eval_seconds=round(outcome.eval_seconds, 3), eval_tokens=outcome.eval_tokens,

@@ -79,17 +79,24 @@ def _cheapest_good(results: Results, winners: list[Gain], metric: str, alpha: fl
                                                          results.metrics[metric]["higher_is_better"]):
             candidates.append(g.arm)
 
+    # On a CPU-only run, CPU time: a loaded machine once made lora's wall time 13x its quiet one
+    # and flipped the recommendation. Wall time where an accelerator did the work, or where an
+    # older run did not record CPU time.
+    by_cpu = results.environment.get("accelerator") == "cpu" and all(
+        results.arms[n].cost and results.arms[n].cost.train_cpu_seconds > 0 for n in candidates)
+
     def cost(name):
         c = results.arms[name].cost
-        return (c.train_seconds, c.peak_memory_bytes) if c else (0.0, 0)
+        return ((c.train_cpu_seconds if by_cpu else c.train_seconds), c.peak_memory_bytes) if c else (0.0, 0)
 
     chosen = min(candidates, key=cost)
     if chosen == best.arm:
         return chosen, f"recommended {chosen}: the best gain" + (
             ", and no cheaper arm is statistically as good" if len(winners) > 1 else "")
     c = results.arms[chosen].cost
+    spent = f"{c.train_cpu_seconds:.0f} s of CPU time training" if by_cpu else f"{c.train_seconds:.0f} s training"
     return chosen, (f"recommended {chosen}: not significantly worse than {best.arm} on {metric} and cheaper "
-                    f"({c.train_seconds:.0f} s training, {c.peak_memory_bytes / GIB:.2f} GiB peak)")
+                    f"({spent}, {c.peak_memory_bytes / GIB:.2f} GiB peak)")
 
 
 def decide(results: Results) -> Decision:

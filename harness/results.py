@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import UsageError, redact
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULTS_FILE = "results.json"
 
 
@@ -66,6 +66,10 @@ class Forgetting(Model):
 
 class Cost(Model):
     train_seconds: float = Field(description="Wall time of training (0 for prompt arms).")
+    train_cpu_seconds: float = Field(0.0, description="CPU time of training (user + system, every thread, "
+                                                      "summed over processes; 0 when not recorded). On a "
+                                                      "CPU-only run the cheapest-arm rule compares it: unlike "
+                                                      "wall time it does not grow with what else ran.")
     train_tokens: int = Field(description="Non-padding tokens run through training (all epochs).")
     train_target_tokens: int = Field(description="Tokens that carried the loss.")
     train_steps: int

@@ -43,6 +43,7 @@ def test_compare_tiny_suite_end_to_end(tmp_path, tiny_model_dir, capfd):
     for name in ["full", "lora", "qlora"]:
         arm = results.arms[name]
         assert arm.cost.train_steps == 2 and arm.cost.trainable_params > 0
+        assert 0 < arm.cost.train_cpu_seconds and results.environment["accelerator"] in ("cpu", "cuda")
         assert (out / arm.artifact).is_dir()
     assert results.arms["lora"].cost.trainable_params < results.arms["full"].cost.trainable_params
 

@@ -49,6 +49,25 @@ def test_go_recommends_the_cheapest_arm_not_significantly_worse_than_the_best():
     assert any("+0.360 [+0.300, +0.420]" in r for r in d.reasons)   # reasons cite the numbers
 
 
+def test_on_a_cpu_the_cheapest_arm_is_the_one_with_the_least_cpu_time_not_wall_time():
+    # lora ran on a loaded machine: its wall time is long, its CPU time is not.
+    arms = {"few-shot": _arm(0.50, trains=False),
+            "full": _arm(0.86, [_cmp("few-shot", 0.36, 0.30, 0.42, 1e-25), _cmp("lora", 0.0, -0.02, 0.02, 0.9)],
+                         seconds=200),
+            "lora": _arm(0.86, [_cmp("few-shot", 0.36, 0.30, 0.42, 1e-25), _cmp("full", 0.0, -0.02, 0.02, 0.9)],
+                         seconds=900)}
+    arms["full"].cost.train_cpu_seconds, arms["lora"].cost.train_cpu_seconds = 380.0, 150.0
+    on_cpu = _results(arms)
+    on_cpu.environment = {"accelerator": "cpu"}
+    d = decide(on_cpu)
+    assert d.arm == "lora" and any("150 s of CPU time training" in r for r in d.reasons)
+    on_gpu = _results(arms)
+    on_gpu.environment = {"accelerator": "cuda"}
+    assert decide(on_gpu).arm == "full"           # the GPU's time is what the wall clock measures
+    arms["lora"].cost.train_cpu_seconds = 0.0     # not recorded (an older run): wall time again
+    assert decide(on_cpu).arm == "full"
+
+
 def test_forgetting_vetoes_an_arm_and_no_go_keeps_prompting():
     forgets = Forgetting(metric="knowledge/accuracy", drop=0.08, relative=False, p_value=0.001)
     arms = {"few-shot": _arm(0.50, trains=False),

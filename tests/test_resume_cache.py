@@ -182,7 +182,8 @@ def test_same_suite_and_seed_give_identical_results_apart_from_times(tmp_path, c
         data = json.loads(results.model_dump_json())
         data.pop("created")
         for arm in data["arms"].values():
-            for key in ("train_seconds", "eval_seconds", "general_eval_seconds", "peak_memory_bytes"):
+            for key in ("train_seconds", "train_cpu_seconds", "eval_seconds", "general_eval_seconds",
+                        "peak_memory_bytes"):
                 arm["cost"].pop(key)
         return data
 

@@ -122,7 +122,7 @@ def _read_set_spec(path: Path) -> tuple[GeneralSetSpec | None, list[str]]:
     """The general set file's tasks and the problems found in it (no data read)."""
     from harness.errors import SuiteError
     from harness.safe_yaml import read_yaml
-    from harness.suite import _pydantic_problems
+    from harness.field_problems import pydantic_problems
 
     try:
         raw = read_yaml(path, what="general set")
@@ -134,7 +134,7 @@ def _read_set_spec(path: Path) -> tuple[GeneralSetSpec | None, list[str]]:
     try:
         spec = GeneralSetSpec.model_validate(raw)
     except ValidationError as exc:
-        return None, _pydantic_problems(exc, root=GeneralSetSpec)
+        return None, pydantic_problems(exc, root=GeneralSetSpec)
     problems = []
     for name, task in spec.tasks.items():
         if task.kind == "lm_eval":

@@ -1,7 +1,8 @@
 """A suite: pydantic models, and `load_suite(path)` which runs every check before any model loads.
 
 `harness validate` and `harness compare` both call `load_suite`, so they report the same problems.
-Every problem is reported at once, each with its place (`backends.lora.r`), the bad value and a fix.
+Every problem is reported at once, each with its place (`backends.lora.r`), the bad value and a fix
+(pydantic's errors are worded by harness.field_problems).
 
 YAML is read by harness.safe_yaml (duplicate keys, alias bombs, deep nesting and oversized files
 refused; YAML 1.2 scalars).
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import re
 import string
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness import registry
 from harness.errors import HarnessError, RefusedArtifact, SuiteError, shown
+from harness.field_problems import pydantic_problems
 from harness.metrics import METRICS
 from harness.regression import RegressionSpec, regression_problems
 from harness.safe_yaml import read_yaml
@@ -157,96 +157,6 @@ class Suite(Strict):
         return self.decision.metric or self.metrics[0]
 
 
-def _place(loc) -> str:
-    return ".".join(str(part) for part in loc)
-
-
-# What to do, by pydantic error type (the message says what is wrong).
-_PYDANTIC_FIXES = {
-    "int_parsing": "write a whole number", "int_type": "write a whole number",
-    "int_from_float": "write a whole number",
-    "float_parsing": "write a number, e.g. 0.001 or 1e-3", "float_type": "write a number, e.g. 0.001 or 1e-3",
-    "bool_parsing": "write true or false", "bool_type": "write true or false",
-    "string_type": "write text (quote it)", "list_type": "write a list, e.g. [a, b]",
-    "dict_type": "write a mapping, e.g. {key: value}", "model_type": "write a mapping of its keys",
-    "model_attributes_type": "write a mapping of its keys",
-    "string_pattern_mismatch": "use letters, digits, '_', '-' and '.', starting with a letter or digit",
-    "literal_error": "use one of those values", "too_short": "add at least one", "too_long": "remove some",
-    "greater_than": "change the value", "greater_than_equal": "change the value",
-    "less_than": "change the value", "less_than_equal": "change the value",
-    "finite_number": "write a finite number",
-}
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "is-instance", "literal"}
-
-
-def _unwrap(annotation) -> tuple[type[BaseModel] | None, int]:
-    """The pydantic model inside an annotation (through Optional, list, dict) and how many
-    container levels (list indices, dict keys) sit between the field and that model."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, 0
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (list, dict, tuple, set, frozenset) and args:
-        model, levels = _unwrap(args[-1])
-        return model, levels + 1
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            model, levels = _unwrap(arg)
-            if model is not None:
-                return model, levels
-    return None, 0
-
-
-def _model_at(root: type[BaseModel], loc) -> type[BaseModel] | None:
-    """The pydantic model that holds the keys at `loc` (a path of field names, indices and keys)."""
-    model, skip = root, 0
-    for part in loc:
-        if skip:
-            skip -= 1
-            continue
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return None
-        model, skip = _unwrap(model.model_fields[part].annotation)
-    return None if skip else model
-
-
-def _pydantic_problems(error: ValidationError, prefix: str = "", root: type[BaseModel] | None = None) -> list[str]:
-    """One `place: problem (got value); fix` line per place, from pydantic's errors."""
-    root = root or Suite
-    items = error.errors()
-    # A union field reports once per member, tagged (target_modules.list[str], margin.float): one place.
-    parents = [tuple(i["loc"][:-1]) for i in items if i["loc"] and isinstance(i["loc"][-1], str)]
-    by_place: dict[str, list[dict]] = {}
-    for item in items:
-        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and "[" in p))
-        if loc and isinstance(loc[-1], str) and loc[-1] in _TYPE_TAGS and parents.count(tuple(item["loc"][:-1])) > 1:
-            loc = loc[:-1]
-        by_place.setdefault(_place(loc), []).append({**item, "loc": loc})
-    problems = []
-    for place, items in by_place.items():
-        first = items[0]
-        full = prefix + place
-        if first["type"] == "extra_forbidden":
-            parent = _model_at(root, first["loc"][:-1])
-            known = list(parent.model_fields) if parent else []
-            known = [k for k in known if k != "path"]
-            hint = registry.did_you_mean(str(first["loc"][-1]), known) if known else ""
-            listing = f" (keys here: {', '.join(known)})" if known else ""
-            problems.append(f"{full}: unknown key{hint}; remove it or check its spelling{listing}")
-            continue
-        if first["type"] == "missing":
-            parent = _model_at(root, first["loc"][:-1])
-            field = parent.model_fields.get(str(first["loc"][-1])) if parent else None
-            about = f" ({field.description})" if field is not None and field.description else ""
-            problems.append(f"{full}: Field required; add it{about}")
-            continue
-        message = " or ".join(dict.fromkeys(i["msg"] for i in items))
-        fix = _PYDANTIC_FIXES.get(first["type"])
-        problems.append(f"{full}: {message} (got {shown(first.get('input'))})" + (f"; {fix}" if fix else ""))
-    return problems
-
-
 def _backend_problems(raw_backends: Any) -> tuple[list[str], dict]:
     """Check every arm's type and options against its backend's Options model.
 
@@ -273,7 +183,7 @@ def _backend_problems(raw_backends: Any) -> tuple[list[str], dict]:
         try:
             parsed = backend.Options.model_validate(options)
         except ValidationError as exc:
-            for line in _pydantic_problems(exc, prefix=f"backends.{arm}.", root=backend.Options):
+            for line in pydantic_problems(exc, prefix=f"backends.{arm}.", root=backend.Options):
                 place = line.split(":")[0]
                 if line.startswith(place + ": unknown key"):
                     key = place.rsplit(".", 1)[-1]
@@ -408,7 +318,7 @@ def load_suite(path: str | Path) -> Suite:
         suite = Suite.model_validate(data)
     except ValidationError as exc:
         # pydantic sees only each arm's `type`; options were checked above by the backend's model
-        problems = _pydantic_problems(exc) + problems
+        problems = pydantic_problems(exc, root=Suite) + problems
     refused = None
     if suite is not None:
         problems += _path_problems(suite) + regression_problems(suite)

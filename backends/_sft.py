@@ -212,7 +212,7 @@ def attention_for(model, training: bool) -> None:
     base.set_attn_implementation("eager" if training else "sdpa")
 
 
-def adapter_input_cast(model, enabled: bool):
+def adapter_input_cast(model, under_autocast: bool):
     """PEFT casts every adapter's input to the adapter's fp32 weight dtype. Under bf16 autocast
     that is two copies per adapted linear for nothing (autocast casts it straight back to bf16),
     so it is turned off there."""
@@ -220,7 +220,9 @@ def adapter_input_cast(model, enabled: bool):
 
     from peft.helpers import disable_input_dtype_casting
 
-    return nullcontext() if enabled or not hasattr(model, "peft_config") else disable_input_dtype_casting(model)
+    if not under_autocast or not hasattr(model, "peft_config"):
+        return nullcontext()
+    return disable_input_dtype_casting(model)
 
 
 def _contiguous_head_input(model) -> None:
@@ -299,7 +301,8 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     model = trainer.model
     target_tokens, peak, cpu_seconds = reduce_counts(seen["tokens"], peak_memory_bytes(), cpu_seconds)
     notes += [n for n in [training_note(options, trainer)] if n]
-    stats = TrainStats(seconds=seconds, cpu_seconds=round(cpu_seconds, 3), steps=trainer.state.global_step, skipped_examples=skipped, notes=notes,
+    stats = TrainStats(seconds=seconds, cpu_seconds=round(cpu_seconds, 3), steps=trainer.state.global_step,
+                       skipped_examples=skipped, notes=notes,
                        tokens=int(trainer.state.num_input_tokens_seen), target_tokens=target_tokens,
                        peak_memory_bytes=peak,
                        loss_curve=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
@@ -341,6 +344,6 @@ def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):
     # on 2 cores, 8 x 71 tokens: LoRA 1.10 -> 1.05 s per step, QLoRA 1.33 -> 1.22 s. The fp32 base
     # comes back afterwards, so evaluation sees the same model as a reopened artifact.
     with keep_freed_memory(), weights_in_bf16(model, args.bf16, frozen_only=True), \
-            adapter_input_cast(model, enabled=not args.bf16):
+            adapter_input_cast(model, under_autocast=args.bf16):
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return trainer, tokenizer, guard, seen, skipped, (time.perf_counter() - start, time.process_time() - cpu_start)

@@ -60,16 +60,16 @@ def run_scoring(report, model, model_bf16, tok, params, limit, lm_eval_batches):
         naive, fig_n = scoring.naive_scores(model_bf16, requests, False, params)
         exact_ours, _ = scoring.harness_scores(model, tok, requests[:32], False, params)
         exact_naive, _ = scoring.naive_scores(model, requests[:32], False, params)
-        figures, same_ids = [fig_h, fig_n], None
+        figures, same_ids, lm_figures = [fig_h, fig_n], None, {}
         for batch in lm_eval_batches:
             theirs, encoded, fig = scoring.lm_eval_scores(model_bf16, tok, pairs, batch, params, total, target)
             figures.append(fig)
+            lm_figures[batch] = fig
             same_ids = sum(list(c) + list(k) == r.prompt + list(r.continuations[0])
                            for (c, k), r in zip(encoded, requests))
-        best_lm = min(figures[2:], key=lambda f: f.seconds) if lm_eval_batches else None
-        same = None
-        if lm_eval_batches:      # lm-eval again at its best batch size, under harness's process settings
-            best_batch = next(b for b in lm_eval_batches if f"batch {b})" in best_lm.name)
+        best_batch = min(lm_figures, key=lambda b: lm_figures[b].seconds) if lm_figures else None
+        best_lm, same = lm_figures.get(best_batch), None
+        if lm_figures:      # lm-eval again at its best batch size, under harness's process settings
             same = scoring.lm_eval_scores(model_bf16, tok, pairs, best_batch, params, total, target, True)[2]
             figures.append(same)
         part = report["scoring"][f"{shots}-shot prompts"] = {

@@ -100,12 +100,10 @@ def fresh_start() -> None:
     inherits the one before it's leftovers (the same for every side)."""
     import gc
 
-    from harness.allocator import _glibc
+    from harness.allocator import release_freed_memory
 
     gc.collect()
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    release_freed_memory()
 
 
 @contextmanager

@@ -38,6 +38,13 @@ def _glibc():
         return None
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the system now (glibc's malloc_trim; elsewhere nothing)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 _depth = 0     # nested uses (an arm's process around its training and evaluation) restore once
 
 
@@ -59,4 +66,4 @@ def keep_freed_memory(enabled: bool = True):
         if _depth == 0:
             for option, value in GLIBC_DEFAULTS.items():
                 libc.mallopt(option, value)
-            libc.malloc_trim(0)
+            release_freed_memory()

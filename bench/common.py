@@ -109,15 +109,15 @@ def fresh_start() -> None:
 @contextmanager
 def harness_settings(model=None):
     """The process settings harness applies around its own training and evaluation calls (glibc
-    keeps freed memory; SDPA attends grouped-query heads directly on a CPU), lent to an
+    keeps freed memory; on a CPU, attention runs through harness.attention), lent to an
     alternative for a like-for-like figure. The headline comparison runs the alternatives as
     their users do, without them."""
     from harness.allocator import keep_freed_memory
-    from harness.evaluate import grouped_query_sdpa
+    from harness.attention import fast_cpu_attention
 
     with keep_freed_memory():
         if model is None:
             yield
             return
-        with grouped_query_sdpa(model):
+        with fast_cpu_attention(model):
             yield

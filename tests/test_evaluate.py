@@ -9,9 +9,9 @@ import torch
 
 from harness import models
 from harness.backend import Example, ModelHandle, ModelSpec, TaskFormat
-from harness.evaluate import common_prefix_length, evaluate
+from harness.evaluate import Request, common_prefix_length, evaluate, run_requests
 from harness.metrics import compute_all, exact_match_score, squad_normalize
-from harness.prompts import encode_pair, end_of_turn_id, render_prompt
+from harness.prompts import encode_pair, encode_prompt, encode_target, end_of_turn_id, render_prompt
 
 from .conftest import REVIEWS
 
@@ -73,6 +73,42 @@ def test_greedy_matches_transformers_generate(handle):
                                         eos_token_id=end_of_turn_id(tok), pad_token_id=tok.pad_token_id)
         text = tok.decode(gen[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert row["prediction"] == text
+
+
+GEN_TASK = TaskFormat(kind="generation", system="You summarise reviews.", labels=None, max_new_tokens=7, stop=())
+
+
+@pytest.fixture(scope="module")
+def sharp_handle(tiny_model_dir):
+    """The tiny model with its matrices scaled up: its greedy tokens depend on the context (the
+    plain random model repeats one token whatever it sees, which would hide a wrong context)."""
+    model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.mul_(40)
+    return ModelHandle(model=model, tokenizer=tok)
+
+
+def test_generation_task_scores_the_target_in_the_prompt_pass_and_decodes_the_prompt_alone(sharp_handle):
+    """With one continuation (the gold target) it runs in the prompt's own forward; the target
+    must still score as a separate computation does, and decoding must not see it: the tokens
+    equal generate() on the prompt alone (no stop token, so all 7 are compared)."""
+    tok = sharp_handle.tokenizer
+    examples = tuple(Example(ex.id, ex.prompt, f"a {ex.label} review" * (1 + i % 3)) for i, ex in enumerate(EXAMPLES))
+    out = evaluate(sharp_handle, examples, GEN_TASK, batch_tokens=10_000)
+    prompts = [encode_prompt(tok, render_prompt(tok, GEN_TASK, (), ex)) for ex in examples]
+    requests = [Request(p, (encode_target(tok, ex.target),)) for p, ex in zip(prompts, examples)]
+    decoded, _ = run_requests(sharp_handle.model, requests, 7, set(), tok.pad_token_id, 10_000, "test")
+    for ex, row, prompt, (scores, generated) in zip(examples, out.rows, prompts, decoded):
+        ref, n = reference_logprob(sharp_handle.model, tok, GEN_TASK, (), ex, ex.target)
+        assert row["target_nll"] == pytest.approx(-ref, rel=1e-4, abs=1e-4) and row["target_tokens"] == n
+        assert scores[0][0] == pytest.approx(ref, rel=1e-4, abs=1e-4)
+        with torch.no_grad():
+            gen = sharp_handle.model.generate(torch.tensor([prompt], device=sharp_handle.model.device),
+                                              max_new_tokens=7, min_new_tokens=7, do_sample=False,
+                                              pad_token_id=tok.pad_token_id)
+        assert generated == gen[0, len(prompt):].tolist()
 
 
 def test_common_prefix_leaves_a_token_in_every_row():

@@ -1,0 +1,91 @@
+"""The attention evaluation runs with on a CPU: SDPA's flash kernel for long query blocks, plain
+matrix products for the short ones (decoding steps, short continuations).
+
+Measured on 2 cores (AMD EPYC, avx512_bf16), SmolLM2's 9 query / 3 key-value heads, bf16:
+  48 rows x 1 query x 160 keys (a decoding step): flash kernel 4.0 ms, products 0.38 ms;
+  64 rows x 12 queries x 150 keys (a continuation): 5.1 ms vs 3.3 ms;
+  31 rows x 100 queries x 136 keys (a prompt block): 11.5 ms vs 16.8 ms, so the kernel keeps those.
+Decoding 48 headline prompts spent 36% of its time in the flash kernel. The products fold each
+key/value head's query heads into one matrix (no repeated keys) and take the softmax in fp32,
+as transformers' eager attention does. Models with attention extras (soft-capping, sinks) keep
+transformers' SDPA.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+NAME = "harness_cpu"
+SHORT_QUERY = 16        # query blocks up to this length use the matrix products
+
+
+def _folded_attention(query, key, value, mask, scaling: float):
+    """softmax(q k^T * scaling + mask) v with grouped-query heads folded into the rows: (B, T, Hq, D)."""
+    import torch
+
+    batch, q_heads, length, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    group = q_heads // kv_heads
+    scores = torch.matmul(query.reshape(batch, kv_heads, group * length, dim), key.transpose(-1, -2))
+    scores = scores.view(batch, kv_heads, group, length, keys).float() * scaling
+    if mask is None and length > 1:    # no mask given: causal, the queries being the last positions
+        mask = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril(keys - length)[None, None]
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask[:, :, None], torch.finfo(torch.float32).min)
+        else:
+            scores = scores + mask[:, :, None].float()
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(batch, kv_heads, group * length, keys)
+    return torch.matmul(probs, value).view(batch, q_heads, length, dim).transpose(1, 2).contiguous()
+
+
+def cpu_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                          scaling: float | None = None, **kwargs):
+    import torch
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = kwargs.get("softcap") is None and kwargs.get("s_aux") is None and kwargs.get("position_bias") is None
+    if query.shape[2] <= SHORT_QUERY and plain and not (module.training and dropout):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return _folded_attention(query, key, value, attention_mask, scale), None
+    if plain and attention_mask is not None and query.shape[1] != key.shape[1]:
+        # the flash kernel takes grouped-query heads and the mask directly (transformers repeats
+        # every key/value head first whenever there is a mask): 9 ms vs 17 ms per layer
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout if module.training else 0.0,
+            scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    def mask(*args, **kwargs):      # SDPA's boolean mask, always built (never "use is_causal instead")
+        return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False})
+
+    if NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(NAME, cpu_attention_forward)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, mask)
+
+
+@contextmanager
+def fast_cpu_attention(model):
+    """For the length of an evaluation call on a CPU, the model attends through cpu_attention_forward
+    (its previous attention implementation comes back afterwards)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(lm, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    on_cpu = next(lm.parameters()).device.type == "cpu"
+    if not on_cpu or before not in ("sdpa", "eager", None):
+        yield
+        return
+    _register()
+    lm.set_attn_implementation(NAME)
+    try:
+        yield
+    finally:
+        lm.set_attn_implementation(before or "sdpa")

@@ -1,0 +1,49 @@
+"""harness.attention: the CPU attention evaluation runs with equals SDPA's, and is put back after."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import models
+from harness.attention import NAME, SHORT_QUERY, _folded_attention, fast_cpu_attention
+from harness.backend import ModelSpec
+
+
+@pytest.mark.parametrize("queries", [1, 5, SHORT_QUERY])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_grouped_query_attention_equals_sdpa(queries, dtype):
+    torch.manual_seed(0)
+    keys = 40
+    q = torch.randn(3, 6, queries, 16, dtype=dtype)
+    k, v = torch.randn(3, 2, keys, 16, dtype=dtype), torch.randn(3, 2, keys, 16, dtype=dtype)
+    mask = torch.ones(3, 1, queries, keys, dtype=torch.bool).tril(keys - queries)
+    mask[1, :, :, 3:9] = False                                 # padding in the middle, as evaluation lays it
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    got = _folded_attention(q, k, v, mask, 16 ** -0.5)
+    assert got.shape == (3, queries, 6, 16)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(got.transpose(1, 2).float(), expected.float(), atol=tolerance)
+    causal = _folded_attention(q, k, v, None, 16 ** -0.5)       # no mask: the queries are the last positions
+    expected_causal = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries), enable_gqa=True)
+    assert torch.allclose(causal.transpose(1, 2).float(), expected_causal.float(), atol=tolerance)
+
+
+def test_model_logits_are_unchanged_and_the_implementation_comes_back(tiny_model_dir):
+    model, _ = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    model.set_attn_implementation("sdpa")
+    ids = torch.randint(5, 100, (2, 30))
+    mask = torch.ones_like(ids)
+    mask[0, 20:] = 0
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        expected_step = model(input_ids=ids[:, :1], attention_mask=mask[:, :1]).logits
+        with fast_cpu_attention(model):
+            assert model.config._attn_implementation == NAME
+            got = model(input_ids=ids, attention_mask=mask).logits        # the flash-kernel branch
+            got_step = model(input_ids=ids[:, :1], attention_mask=mask[:, :1]).logits   # the short branch
+    assert model.config._attn_implementation == "sdpa"
+    valid = mask.bool()
+    assert torch.allclose(got[valid], expected[valid], atol=1e-5)
+    assert torch.allclose(got_step, expected_step, atol=1e-5)

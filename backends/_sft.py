@@ -233,10 +233,25 @@ def _contiguous_head_input(model) -> None:
     model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 
+def _sparse_tied_embedding_gradient(model) -> None:
+    """Full fine-tuning of a model whose input embedding is its output head (SmolLM2, Llama 3.2):
+    the head's gradient is already a dense vocabulary x hidden matrix, and the embedding's own
+    part touches only the batch's token rows. A dense embedding backward zero-fills a second
+    vocabulary-sized matrix to add those rows: 146 ms of a 1.6 s step on 2 cores for SmolLM2's
+    49k x 576. As a sparse gradient it is added in place into the head's dense one (the head's
+    arrives first: it is the last layer), so the weight's .grad stays dense for the optimizer.
+    Not under DDP/FSDP, whose gradient buckets expect dense gradients."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and embedding is not None and head.weight is embedding.weight
+    if tied and not is_distributed() and embedding.weight.requires_grad and hasattr(embedding, "sparse"):
+        embedding.sparse = True
+
+
 def _prepare(model, peft_config, quantize_4bit: bool, options):
     attention_for(model, training=True)
     _contiguous_head_input(model)
     if peft_config is None:
+        _sparse_tied_embedding_gradient(model)
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 

@@ -188,3 +188,24 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap_and_restores_glibc_
     mib64 = 64 * 1024 * 1024
     assert default_before >= mib64 and default_after >= mib64     # glibc's default: its own mmap
     assert inside == 0 and inside_after_nested == 0                # kept in the heap while the policy holds
+
+
+def test_full_training_of_a_tied_embedding_gets_the_dense_gradient_without_a_dense_embedding_backward(tiny_model_dir):
+    """The embedding's own gradient is sparse (its rows only) and lands in the head's dense one:
+    the weight's .grad must be dense and equal to the plain dense computation's, two micro-batches
+    accumulated."""
+    from backends._options import TrainOptions
+    from backends._sft import _prepare
+
+    spec = ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32")
+    plain, tok = models.load(spec)
+    fast = _prepare(models.load(spec)[0], None, False, TrainOptions())
+    assert fast.get_input_embeddings().sparse and fast.get_input_embeddings().weight is fast.lm_head.weight
+    collate = TargetOnlyCollator(tok.pad_token_id)
+    for ids in ([5, 6, 7, 8, 9, 10], [30, 31, 32, 33]):
+        batch = collate([{"input_ids": ids, "target_len": 2}, {"input_ids": ids[::-1], "target_len": 3}])
+        for model in (plain, fast):
+            model(**batch).loss.backward()
+    got, expected = fast.get_input_embeddings().weight.grad, plain.get_input_embeddings().weight.grad
+    assert not got.is_sparse and torch.allclose(got, expected, atol=1e-6)
+    assert got[5].abs().sum() > 0        # the embedding's rows took part

@@ -90,16 +90,21 @@ def sharp_handle(tiny_model_dir):
     return ModelHandle(model=model, tokenizer=tok)
 
 
-def test_generation_task_scores_the_target_in_the_prompt_pass_and_decodes_the_prompt_alone(sharp_handle):
+@pytest.mark.parametrize("budget", [10_000, 60])
+def test_generation_task_scores_the_target_in_the_prompt_pass_and_decodes_the_prompt_alone(sharp_handle, budget):
     """With one continuation (the gold target) it runs in the prompt's own forward; the target
     must still score as a separate computation does, and decoding must not see it: the tokens
-    equal generate() on the prompt alone (no stop token, so all 7 are compared)."""
+    equal generate() on the prompt alone (no stop token, so all 7 are compared). Budget 60: the
+    prompts of a decoding group run in several parts whose caches are joined for decoding."""
     tok = sharp_handle.tokenizer
     examples = tuple(Example(ex.id, ex.prompt, f"a {ex.label} review" * (1 + i % 3)) for i, ex in enumerate(EXAMPLES))
-    out = evaluate(sharp_handle, examples, GEN_TASK, batch_tokens=10_000)
+    out = evaluate(sharp_handle, examples, GEN_TASK, batch_tokens=budget)
     prompts = [encode_prompt(tok, render_prompt(tok, GEN_TASK, (), ex)) for ex in examples]
     requests = [Request(p, (encode_target(tok, ex.target),)) for p, ex in zip(prompts, examples)]
-    decoded, _ = run_requests(sharp_handle.model, requests, 7, set(), tok.pad_token_id, 10_000, "test")
+    decoded, _ = run_requests(sharp_handle.model, requests, 7, set(), tok.pad_token_id, budget, "test")
+    generated_only, _ = run_requests(sharp_handle.model, [Request(p, ()) for p in prompts], 7, set(),
+                                     tok.pad_token_id, budget, "test")
+    assert [g for _, g in generated_only] == [g for _, g in decoded]
     for ex, row, prompt, (scores, generated) in zip(examples, out.rows, prompts, decoded):
         ref, n = reference_logprob(sharp_handle.model, tok, GEN_TASK, (), ex, ex.target)
         assert row["target_nll"] == pytest.approx(-ref, rel=1e-4, abs=1e-4) and row["target_tokens"] == n

@@ -24,7 +24,8 @@ from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
 
 # Bump when a change to evaluation can change its numbers: cached evaluations are keyed by it.
-EVAL_VERSION = 3    # 3: bf16 evaluation runs bf16 weights (was autocast over fp32 weights, fp32 decoding)
+EVAL_VERSION = 4    # 4: CPU attention via harness.attention, gold target folded into the prompt pass (bf16 rounding moves)
+# 3: bf16 evaluation runs bf16 weights (was autocast over fp32 weights, fp32 decoding)
 
 
 @dataclass

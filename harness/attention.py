@@ -80,7 +80,9 @@ def fast_cpu_attention(model):
     config = getattr(lm, "config", None)
     before = getattr(config, "_attn_implementation", None)
     on_cpu = next(lm.parameters()).device.type == "cpu"
-    if not on_cpu or before not in ("sdpa", "eager", None):
+    # architectures that do not dispatch through transformers' attention interface keep their own
+    pluggable = getattr(lm, "_supports_attention_backend", False)
+    if not on_cpu or not pluggable or before not in ("sdpa", "eager", None):
         yield
         return
     _register()

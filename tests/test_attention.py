@@ -47,3 +47,11 @@ def test_model_logits_are_unchanged_and_the_implementation_comes_back(tiny_model
     valid = mask.bool()
     assert torch.allclose(got[valid], expected[valid], atol=1e-5)
     assert torch.allclose(got_step, expected_step, atol=1e-5)
+
+
+def test_a_model_without_the_attention_interface_keeps_its_own(tiny_model_dir):
+    model, _ = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    model.set_attn_implementation("sdpa")
+    model._supports_attention_backend = False       # as for architectures that predate the interface
+    with fast_cpu_attention(model):
+        assert model.config._attn_implementation == "sdpa"

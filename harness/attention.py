@@ -1,5 +1,5 @@
-"""The attention evaluation runs with on a CPU: SDPA's flash kernel for long query blocks, plain
-matrix products for the short ones (decoding steps, short continuations).
+"""Attention for evaluation on a CPU: SDPA's flash kernel for long query blocks, plain matrix
+products for the short ones (decoding steps, short continuations).
 
 Measured on 2 cores (AMD EPYC, avx512_bf16), SmolLM2's 9 query / 3 key-value heads, bf16:
   48 rows x 1 query x 160 keys (a decoding step): flash kernel 4.0 ms, products 0.38 ms;

@@ -9,6 +9,8 @@ Choices, measured on a 2-core CPU with SmolLM2-135M:
   fifth of the step. TRL's SFTTrainer (1.16) scores every position on CPU and adds an entropy
   pass, which made full fine-tuning run at 63 tokens/s here against ~100 for this path;
 - batches are grouped by length, so little of each batch is padding;
+- full fine-tuning copies the weights out of the memory-mapped checkpoint before the optimizer
+  writes them (harness.models.detach_from_checkpoint_file);
 - gradient checkpointing is off unless asked (it costs 10-25% and memory is not short here);
 - bf16 autocast with fp32 master weights only where the hardware has fast bf16 (see
   harness.models.preferred_train_dtype); pure bf16 weights barely move at small learning rates.
@@ -248,10 +250,13 @@ def _sparse_tied_embedding_gradient(model) -> None:
 
 
 def _prepare(model, peft_config, quantize_4bit: bool, options):
+    from harness import models
+
     attention_for(model, training=True)
     _contiguous_head_input(model)
     if peft_config is None:
         _sparse_tied_embedding_gradient(model)
+        models.detach_from_checkpoint_file(model)     # the optimizer writes every weight
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 

@@ -8,7 +8,8 @@ Choices, measured on a 2-core CPU with SmolLM2-135M:
   predict target tokens (`logits_to_keep`): the 49k-word head over every prompt position was a
   fifth of the step. TRL's SFTTrainer (1.16) scores every position on CPU and adds an entropy
   pass, which made full fine-tuning run at 63 tokens/s here against ~100 for this path;
-- batches are grouped by length, so little of each batch is padding;
+- batches are grouped by length, so little of each batch is padding, and a batch that still
+  holds rows of very different lengths runs them as separate forwards (backends/_length_groups.py);
 - full fine-tuning copies the weights out of the memory-mapped checkpoint before the optimizer
   writes them (harness.models.detach_from_checkpoint_file);
 - gradient checkpointing is off unless asked (it costs 10-25% and memory is not short here);
@@ -27,6 +28,7 @@ from pathlib import Path
 from backends._distributed import fsdp_arguments, full_state_dict, is_distributed, reduce_counts, training_note
 from backends._finished import eval_handle, record_finished, reopen_finished
 from backends._guard import guard_callback
+from backends._length_groups import length_grouped_trainer
 from harness.allocator import keep_freed_memory
 from harness.backend import ModelHandle, ModelSpec, TrainData, TrainStats
 from harness.errors import BackendError, TrainingDiverged
@@ -353,9 +355,10 @@ def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):
     guard = guard_callback(model)
     seen = _count_target_tokens(model)
     args = _training_args(workdir, options, data, spec.train_dtype == "bfloat16", len(dataset))
-    trainer = Trainer(model=model, args=args, train_dataset=dataset,
+    trainer_cls = length_grouped_trainer(Trainer, split=not is_distributed())
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
                       data_collator=TargetOnlyCollator(tokenizer.pad_token_id),
-                      callbacks=[guard, _checkpoint_callback()])
+                          callbacks=[guard, _checkpoint_callback()])
     trainer.remove_callback(PrinterCallback)   # it prints every log dict when bars are off
     resume = last_good_checkpoint(Path(args.output_dir)) if Path(args.output_dir).is_dir() else None
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -1,0 +1,65 @@
+"""A micro-batch with one long row runs as length groups: fewer positions, the same loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backends._length_groups import length_grouped_trainer, length_groups
+from backends._sft import TargetOnlyCollator
+from harness import models
+from harness.backend import ModelSpec
+
+
+def test_an_outlier_gets_its_own_group_and_similar_rows_stay_together():
+    # The sentiment suite's first batch: one 152-token row and seven of about 77.
+    assert length_groups([77, 76, 152, 75, 74, 72, 72, 71]) == [[2], [0, 1, 3, 4, 5, 6, 7]]
+    assert length_groups([70, 69, 71, 70]) == [[0, 1, 2, 3]]      # a split would not pay its overhead
+    assert length_groups([100, 20, 100, 20, 100, 20], overhead=10) == [[0, 2, 4], [1, 3, 5]]
+    assert length_groups([5]) == [[0]]
+
+
+def _batch(tok):
+    torch.manual_seed(0)
+    rows = [(torch.randint(5, 60, (90,)).tolist(), 3)] + [
+        (torch.randint(5, 60, (n,)).tolist(), 1 + n % 2) for n in (9, 8, 10, 9, 7, 8, 9)]
+    return TargetOnlyCollator(tok.pad_token_id)([{"input_ids": ids, "target_len": n} for ids, n in rows])
+
+
+def _loss_and_grads(trainer_cls, model, batch, tmp_path, num_items):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True)
+    trainer = trainer_cls(model=model, args=args)
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    loss.backward()
+    hook.remove()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, widths
+
+
+@pytest.mark.parametrize("counted", [True, False], ids=["num_items_in_batch", "per-group means"])
+def test_the_split_batch_gives_the_loss_and_gradients_of_the_whole_batch(tiny_model_dir, tmp_path, counted):
+    from transformers import Trainer
+
+    model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    batch = _batch(tok)
+    num_items = int((batch["labels"][:, 1:] != -100).sum()) if counted else None
+    whole, whole_grads, whole_widths = _loss_and_grads(Trainer, model, batch, tmp_path / "a", num_items)
+    split, split_grads, split_widths = _loss_and_grads(length_grouped_trainer(Trainer, split=True), model, batch,
+                                                       tmp_path / "b", num_items)
+    assert whole_widths == [90] and split_widths == [90, 10]      # the short rows ran without the long one's padding
+    assert split == pytest.approx(whole, rel=1e-5)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(split_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_no_split_when_switched_off(tiny_model_dir, tmp_path):
+    from transformers import Trainer
+
+    model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    *_, widths = _loss_and_grads(length_grouped_trainer(Trainer, split=False), model, _batch(tok), tmp_path, None)
+    assert widths == [90]

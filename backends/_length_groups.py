@@ -13,34 +13,9 @@ rounding), and a single backward follows.
 
 from __future__ import annotations
 
-import math
-
-# What one more forward costs beyond its tokens, in positions: every weight is read (and cast under
-# autocast) once more and ~1,000 more small ops run. A 64-position forward+backward of SmolLM2-135M
-# takes about as long as 64 more positions in a bigger one (2 cores), so a split must save more.
-SPLIT_OVERHEAD = 64
+from harness.length_groups import length_groups
 
 KEYS = {"input_ids", "attention_mask", "position_ids", "labels", "logits_to_keep"}
-
-
-def length_groups(lengths: list[int], overhead: int = SPLIT_OVERHEAD) -> list[list[int]]:
-    """Row indices in groups of similar length, fewest computed positions plus `overhead` per group.
-
-    Rows are sorted longest first and cut into contiguous runs (an optimal grouping by padded
-    size is always one of these): a small dynamic programme over the cut points."""
-    order = sorted(range(len(lengths)), key=lambda row: -lengths[row])
-    best = [0.0] + [math.inf] * len(order)       # best[i]: cheapest cost of the first i sorted rows
-    cut = [0] * (len(order) + 1)
-    for end in range(1, len(order) + 1):
-        for start in range(end):
-            cost = best[start] + (end - start) * lengths[order[start]] + overhead
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
-    groups, end = [], len(order)
-    while end > 0:
-        groups.append(sorted(order[cut[end]:end]))
-        end = cut[end]
-    return groups[::-1]
 
 
 def split_batch(inputs: dict) -> list[dict]:

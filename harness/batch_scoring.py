@@ -7,9 +7,11 @@ out, with explicit position ids), scores continuations from that state and decod
 
 from __future__ import annotations
 
+from harness.length_groups import FORWARD_OVERHEAD, length_groups
+
 HEAD_CHUNK = 512       # positions per output-head call when scoring continuations
 MAX_BATCH_ROWS = 64
-GROUP_FACTOR = 4        # a decoding group's budget, in batch budgets (group_budget)
+GROUP_FACTOR = 4        # a decoding group's budget, in batch budgets (request_groups)
 
 
 def _parts(model):
@@ -74,26 +76,33 @@ class Scorer:
         return out
 
 
-def batches(order: list[int], lengths: list[int], budget: int):
-    """Consecutive slices of `order` (sorted longest first) whose padded size fits the budget."""
-    batch, longest = [], 0
-    for i in order:
+def _filled(lengths: list[int], budget: int) -> list[list[int]]:
+    """Rows longest first, in consecutive slices filled up to the budget's padded size."""
+    out, batch, longest = [], [], 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         longest_if = max(longest, lengths[i])
         if batch and (longest_if * (len(batch) + 1) > budget or len(batch) >= MAX_BATCH_ROWS):
-            yield batch
+            out.append(batch)
             batch, longest_if = [], lengths[i]
         batch.append(i)
         longest = longest_if
-    if batch:
-        yield batch
+    return out + [batch] if batch else out
 
 
-def group_budget(budget: int, continuations: int, max_new: int) -> int:
-    """The token budget of what run_requests hands score_batch. Rows with at most one continuation
-    that decode come as a decoding group: score_batch runs their prompts in parts within `budget`
-    and decodes them together, so the group itself may hold more: what grows is its key/value
-    cache (4 x 4,096 tokens of SmolLM2-135M's bf16 keys and values take 380 MB)."""
-    return budget * GROUP_FACTOR if continuations <= 1 and max_new > 0 else budget
+def request_groups(lengths: list[int], budget: int, continuations: int, max_new: int) -> list[list[int]]:
+    """The rows run_requests hands score_batch together, as index lists.
+
+    Rows with at most one continuation that decode come as decoding groups, filled up to
+    GROUP_FACTOR budgets: score_batch runs their prompts in parts within the budget and decodes
+    them together, and a decoding step reads every weight once whatever the row count, so fewer,
+    fuller groups decode in fewer steps; what grows is the group's key/value cache (4 x 4,096
+    tokens of SmolLM2-135M's bf16 keys and values take 380 MB). Other rows are cut where padding
+    costs more than another forward (harness.length_groups); a row with several continuations
+    costs a forward per continuation as well as its prompt's."""
+    if continuations <= 1 and max_new > 0:
+        return _filled(lengths, budget * GROUP_FACTOR)
+    forwards = 1 if continuations <= 1 else 1 + continuations
+    return length_groups(lengths, FORWARD_OVERHEAD * forwards, budget, MAX_BATCH_ROWS)
 
 
 def score_batch(scorer: Scorer, suffixes, continuations, max_new, stop_ids, pad_id, budget: int):
@@ -145,12 +154,12 @@ def _score_single(scorer: Scorer, suffixes, conts, max_new, stop_ids, pad_id, bu
     The rows arrive as a decoding group (longest first): their prompts run in parts that fit the
     budget, each padded only to its own longest row, and the parts' caches are joined for one
     decoding loop. Each decoding step reads every weight once whatever the row count, so one loop
-    over the whole group takes fewer steps than one loop per part; prompt parts sorted by length
-    waste little on padding (48 headline prompts, bf16: 7.0-7.4 s -> 6.1-6.7 s)."""
+    over the whole group takes fewer steps than one loop per part (48 headline prompts, bf16:
+    7.0-7.4 s -> 6.1-6.7 s); the parts are cut where padding costs more than another forward."""
     torch = scorer.torch
     dev, n, P = scorer.device, len(suffixes), scorer.prefix_len
     rows = [s + c[:-1] for s, c in zip(suffixes, conts)]
-    parts = list(batches(list(range(n)), [len(r) for r in rows], budget)) if max_new else [list(range(n))]
+    parts = length_groups([len(r) for r in rows], budget=budget, max_rows=MAX_BATCH_ROWS) if max_new else [list(range(n))]
     width = max(len(r) for r in rows)
     first, total, caches = None, torch.zeros(n, dtype=torch.float64, device=dev), []
     for part in parts:

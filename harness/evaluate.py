@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from harness.allocator import keep_freed_memory
 from harness.attention import fast_cpu_attention
-from harness.batch_scoring import Scorer, batches, group_budget, score_batch
+from harness.batch_scoring import Scorer, request_groups, score_batch
 from harness.backend import Example, ModelHandle, TaskFormat
 from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
 
 # Bump when a change to evaluation can change its numbers: cached evaluations are keyed by it.
-EVAL_VERSION = 4    # 4: CPU attention via harness.attention, gold target folded into the prompt pass (bf16 rounding moves)
+EVAL_VERSION = 5    # 5: batches cut by harness.length_groups (bf16 rounding moves with the shapes); 4: CPU attention, folded target
 # 3: bf16 evaluation runs bf16 weights (was autocast over fp32 weights, fp32 decoding)
 
 
@@ -138,11 +138,10 @@ def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int
     tokens = prefix_len
     with torch.inference_mode(), weights_in_bf16(model, bf16), keep_freed_memory(), fast_cpu_attention(model):
         scorer = Scorer(model, prompts[0][:prefix_len])
-        order = sorted(range(len(requests)), key=lambda i: -len(suffixes[i]))
         lengths = [len(s) + max((len(c) for c in requests[i].continuations), default=0) + max_new
                    for i, s in enumerate(suffixes)]
         continuations = len(requests[0].continuations)
-        groups = batches(order, lengths, group_budget(batch_tokens, continuations, max_new))
+        groups = request_groups(lengths, batch_tokens, continuations, max_new)
         for batch in bar(list(groups), desc=desc, unit="batch"):
             scored = score_batch(scorer, [suffixes[i] for i in batch], [requests[i].continuations for i in batch],
                                  max_new, stop_ids, pad_id, batch_tokens)

@@ -5,18 +5,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backends._length_groups import length_grouped_trainer, length_groups
+from backends._length_groups import length_grouped_trainer
 from backends._sft import TargetOnlyCollator
 from harness import models
 from harness.backend import ModelSpec
+from harness.length_groups import length_groups
+
+
+def rows_of(groups):      # the groups, each's rows by index (within a group they come longest first)
+    return [sorted(group) for group in groups]
 
 
 def test_an_outlier_gets_its_own_group_and_similar_rows_stay_together():
     # The sentiment suite's first batch: one 152-token row and seven of about 77.
-    assert length_groups([77, 76, 152, 75, 74, 72, 72, 71]) == [[2], [0, 1, 3, 4, 5, 6, 7]]
-    assert length_groups([70, 69, 71, 70]) == [[0, 1, 2, 3]]      # a split would not pay its overhead
-    assert length_groups([100, 20, 100, 20, 100, 20], overhead=10) == [[0, 2, 4], [1, 3, 5]]
-    assert length_groups([5]) == [[0]]
+    assert rows_of(length_groups([77, 76, 152, 75, 74, 72, 72, 71])) == [[2], [0, 1, 3, 4, 5, 6, 7]]
+    assert rows_of(length_groups([70, 69, 71, 70])) == [[0, 1, 2, 3]]      # a split would not pay its overhead
+    assert rows_of(length_groups([100, 20, 100, 20, 100, 20], overhead=10)) == [[0, 2, 4], [1, 3, 5]]
+    assert rows_of(length_groups([5])) == [[0]]
+    # A budget caps a group's padded size (a single row may exceed it), max_rows its rows.
+    assert rows_of(length_groups([30, 30, 30, 30], overhead=1000, budget=60)) == [[0, 1], [2, 3]]
+    assert rows_of(length_groups([90, 30], overhead=1000, budget=60)) == [[0], [1]]
+    assert rows_of(length_groups([10] * 5, overhead=1000, max_rows=2)) == [[0, 1], [2, 3], [4]]
 
 
 def _batch(tok):
@@ -63,3 +72,14 @@ def test_no_split_when_switched_off(tiny_model_dir, tmp_path):
     model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
     *_, widths = _loss_and_grads(length_grouped_trainer(Trainer, split=False), model, _batch(tok), tmp_path, None)
     assert widths == [90]
+
+
+def test_evaluation_cuts_scoring_batches_by_cost_and_fills_decoding_groups():
+    from harness.batch_scoring import request_groups
+
+    lengths = [200] * 4 + [100] * 20
+    # Filled greedily, the first batch would pad 16 rows of 100 to 200 (4,000 positions for 2,400).
+    assert rows_of(request_groups(lengths, 4096, continuations=1, max_new=0)) == [list(range(4)), list(range(4, 24))]
+    assert rows_of(request_groups(lengths, 4096, continuations=4, max_new=0)) == [list(range(4)), list(range(4, 24))]
+    # Rows that decode share one loop: one group, whatever the padding of their prompt pass.
+    assert rows_of(request_groups(lengths, 4096, continuations=1, max_new=24)) == [list(range(24))]

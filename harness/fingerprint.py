@@ -10,8 +10,10 @@ Every fingerprint is a short string (a sha256 of content, or a readable setting)
   base_model          the base model's weights (every tensor's bytes, by name) and its config
   tokenizer           the tokenizer (its full serialisation) and special tokens
   chat_template       the chat template text
-  decoding.*          greedy decoding, max new tokens, stop strings, evaluation precision, and what
-                      happens to a prompt longer than the model's context (eval.overlong)
+  decoding.*          greedy decoding, max new tokens, stop strings, evaluation precision, what
+                      happens to a prompt longer than the model's context (eval.overlong), and
+                      harness's evaluation version (EVAL_VERSION: it moves when batching or kernels
+                      change the numbers, e.g. bf16 rounding with the batch shapes)
 
 The candidate's own hash (`adapter` or `model`: its config and weight files) is recorded too, but
 it is what changes between a baseline and a candidate, so it never makes them incomparable.
@@ -99,10 +101,12 @@ def data_fingerprints(suite, data, general_tasks) -> dict[str, str]:
 
 def decoding_fingerprints(max_new_tokens: int, stop: tuple[str, ...], bf16: bool,
                           overlong: str = "error") -> dict[str, str]:
+    from harness.evaluate import EVAL_VERSION
+
     return {"decoding.strategy": "greedy", "decoding.max_new_tokens": str(max_new_tokens),
             "decoding.stop": json.dumps(list(stop)),
             "decoding.precision": "bfloat16 (weights cast from fp32 for evaluation)" if bf16 else "float32",
-            "decoding.overlong": overlong}
+            "decoding.overlong": overlong, "decoding.eval_version": str(EVAL_VERSION)}
 
 
 def _short(value: str) -> str:

@@ -82,7 +82,7 @@ def test_baseline_records_rows_metrics_and_fingerprints(gate_env, adapters):
     fp = data["fingerprints"]
     for key in ("suite", "task", "data.test", "general.mc", "general.sa", "general.text", "base_model",
                 "tokenizer", "chat_template", "decoding.strategy", "decoding.max_new_tokens", "decoding.stop",
-                "decoding.precision", "adapter"):
+                "decoding.precision", "decoding.eval_version", "adapter"):
         assert fp[key], key
     assert data["candidate"]["kind"] == "adapter" and data["candidate"]["sha256"] == fp["adapter"]
     assert data["probe"]["max_abs_diff"] > 1e-6
@@ -172,6 +172,16 @@ def test_other_precision_or_base_model_is_not_comparable(gate_env, adapters, tin
     assert refused.exit_code == 4 and "not the suite's model" in refused.output, refused.output
     allowed = _regress(other, adapters["good"], gate_env["baseline"], "--allow-base-mismatch")
     assert allowed.exit_code == 7 and "base_model differs" in allowed.output, allowed.output
+
+
+def test_a_baseline_from_another_evaluation_version_is_not_comparable(gate_env, adapters, monkeypatch):
+    """A release that changes batching or kernels moves the numbers (bf16 rounding follows the batch
+    shapes): pairing them with the old baseline's could flip a gate for nothing."""
+    import harness.evaluate
+
+    monkeypatch.setattr(harness.evaluate, "EVAL_VERSION", harness.evaluate.EVAL_VERSION + 1)
+    result = _regress(gate_env["suite"], adapters["good"], gate_env["baseline"])
+    assert result.exit_code == 7 and "decoding.eval_version differs" in result.output, result.output
 
 
 class Payload:

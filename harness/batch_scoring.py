@@ -12,6 +12,7 @@ from harness.length_groups import FORWARD_OVERHEAD, length_groups
 HEAD_CHUNK = 512       # positions per output-head call when scoring continuations
 MAX_BATCH_ROWS = 64
 GROUP_FACTOR = 4        # a decoding group's budget, in batch budgets (request_groups)
+FINISHED_SHARE = 0.25   # finished rows leave a decoding batch once they are this share of it (_greedy)
 
 
 def _parts(model):
@@ -241,21 +242,31 @@ def _score_continuation(scorer, conts, first, mask, start_pos, cache, pad_id):
 
 
 def _greedy(scorer, first, mask, start_pos, cache, max_new, stop_ids):
+    """Greedy tokens per row until a stop id or max_new. Finished rows leave the batch once a
+    quarter of it has finished (FINISHED_SHARE): a decoding step costs with its rows, and one
+    long answer would otherwise keep every finished row decoding to the end."""
     torch = scorer.torch
-    n, dev = first.shape[0], scorer.device
+    dev = scorer.device
     token = first.argmax(dim=-1)
-    out = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    out = [[] for _ in range(first.shape[0])]
+    rows = list(range(first.shape[0]))      # the request row of each row still in the batch
+    done = [False] * len(rows)
     for step in range(max_new):
-        for r in range(n):
-            if not done[r]:
-                if int(token[r]) in stop_ids:
-                    done[r] = True
+        for i, value in enumerate(token.tolist()):
+            if not done[i]:
+                if value in stop_ids:
+                    done[i] = True
                 else:
-                    out[r].append(int(token[r]))
-        if bool(done.all()) or step == max_new - 1:
+                    out[rows[i]].append(value)
+        if all(done) or step == max_new - 1:
             break
-        mask = torch.cat([mask, torch.ones(n, 1, dtype=torch.long, device=dev)], dim=1)
+        live = [i for i, finished in enumerate(done) if not finished]
+        if len(rows) - len(live) >= FINISHED_SHARE * len(rows):
+            index = torch.tensor(live, device=dev)
+            cache.batch_select_indices(index)
+            mask, start_pos, token = mask[index], start_pos[index], token[index]
+            rows, done = [rows[i] for i in live], [False] * len(live)
+        mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long, device=dev)], dim=1)
         hidden = scorer.step(token[:, None], mask, (start_pos + step)[:, None], cache)
         token = scorer.head(hidden[:, -1]).argmax(dim=-1)   # no softmax: the argmax is the same
     return out

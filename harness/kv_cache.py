@@ -38,6 +38,16 @@ class GrowingLayer(DynamicLayer):
             values[..., :old, :] = self.values
         self._keys_buffer, self._values_buffer = keys, values
 
+    def batch_select_indices(self, indices) -> None:
+        """Keep only these rows (decoding drops the finished ones): one copy, room to grow kept."""
+        length = self.get_seq_length()
+        if not (length and self._fits(length, self.keys.shape[0])):
+            return super().batch_select_indices(indices)     # a replaced layer: the next update regrows
+        self._keys_buffer = self._keys_buffer.index_select(0, indices)
+        self._values_buffer = self._values_buffer.index_select(0, indices)
+        self.keys = self._keys_buffer[..., :length, :]
+        self.values = self._values_buffer[..., :length, :]
+
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)

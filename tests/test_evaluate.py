@@ -116,6 +116,28 @@ def test_generation_task_scores_the_target_in_the_prompt_pass_and_decodes_the_pr
         assert generated == gen[0, len(prompt):].tolist()
 
 
+@pytest.mark.parametrize("budget", [10_000, 60])
+def test_rows_that_stop_leave_the_decoding_batch_and_the_others_decode_unchanged(sharp_handle, budget, monkeypatch):
+    """Each row's tokens depend on its own context only, so with stop ids every row must give its
+    unstopped tokens up to the first stop id, however the batch shrinks around it."""
+    from harness.kv_cache import GrowingLayer
+
+    tok = sharp_handle.tokenizer
+    prompts = [encode_prompt(tok, render_prompt(tok, GEN_TASK, (), ex)) for ex in EXAMPLES]
+    requests = [Request(p, ()) for p in prompts]
+    full = [g for _, g in run_requests(sharp_handle.model, requests, 7, set(), tok.pad_token_id, budget, "t")[0]]
+    stops = {full[row][1 + row] for row in range(4)}     # rows 0-3 stop at different steps
+    expected = [g[:next((i for i, t in enumerate(g) if t in stops), len(g))] for g in full]
+    assert sum(len(g) < 7 for g in expected) >= len(expected) / 4 and any(len(g) == 7 for g in expected)
+    selected = []
+    original = GrowingLayer.batch_select_indices
+    monkeypatch.setattr(GrowingLayer, "batch_select_indices",
+                        lambda self, index: (selected.append(len(index)), original(self, index))[1])
+    stopped = [g for _, g in run_requests(sharp_handle.model, requests, 7, stops, tok.pad_token_id, budget, "t")[0]]
+    assert stopped == expected
+    assert selected                  # the batch did shrink
+
+
 def test_common_prefix_leaves_a_token_in_every_row():
     assert common_prefix_length([[1, 2, 3], [1, 2, 4]]) == 2
     assert common_prefix_length([[1, 2], [1, 2, 3]]) == 1

@@ -46,3 +46,18 @@ def test_prefix_rows_start_from_the_shared_prefix():
     cache = growing_cache(layers=1, reserve=2, prefix=prefix, rows=3)
     assert cache.get_seq_length() == 4
     assert all(torch.equal(cache.layers[0].keys[r], keys[0]) for r in range(3))
+
+
+def test_selecting_rows_keeps_them_and_their_room_to_grow():
+    ours, theirs = growing_cache(layers=1, reserve=4), DynamicCache()
+    (keys, values), (step_k, step_v), *_ = _chunks(2)
+    ours.update(keys, values, 0)
+    theirs.update(keys, values, 0)
+    rows = torch.tensor([2, 0])
+    ours.batch_select_indices(rows)
+    theirs.batch_select_indices(rows)
+    selected = ours.layers[0].keys.data_ptr()
+    k1, v1 = ours.update(step_k[rows], step_v[rows], 0)
+    k2, v2 = theirs.update(step_k[rows], step_v[rows], 0)
+    assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    assert k1.data_ptr() == selected          # the next token went into the selected buffer, no regrowth

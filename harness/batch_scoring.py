@@ -160,7 +160,9 @@ def _score_single(scorer: Scorer, suffixes, conts, max_new, stop_ids, pad_id, bu
     torch = scorer.torch
     dev, n, P = scorer.device, len(suffixes), scorer.prefix_len
     rows = [s + c[:-1] for s, c in zip(suffixes, conts)]
-    parts = length_groups([len(r) for r in rows], budget=budget, max_rows=MAX_BATCH_ROWS) if max_new else [list(range(n))]
+    parts = [list(range(n))]
+    if max_new:
+        parts = length_groups([len(r) for r in rows], budget=budget, max_rows=MAX_BATCH_ROWS)
     width = max(len(r) for r in rows)
     first, total, caches = None, torch.zeros(n, dtype=torch.float64, device=dev), []
     for part in parts:

@@ -57,12 +57,17 @@ def length_grouped_trainer(trainer_cls, split: bool):
             groups = split_batch(inputs) if split and model.training and not return_outputs else [inputs]
             if len(groups) == 1:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # accelerate puts autocast around each forward, and autocast forgets its weight casts
+            # when its outermost region ends: one region over the groups casts every weight once.
+            with self.accelerator.autocast():
+                return self._grouped_loss(model, groups, num_items_in_batch)
+
+        def _grouped_loss(self, model, groups, num_items_in_batch):
+            loss_of = super().compute_loss
             if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
                 # Each group's loss is its summed token losses over the whole count: they add up.
-                return sum(super(LengthGroupedTrainer, self).compute_loss(
-                    model, group, num_items_in_batch=num_items_in_batch) for group in groups)
+                return sum(loss_of(model, group, num_items_in_batch=num_items_in_batch) for group in groups)
             counts = [target_count(group) for group in groups]     # per-group means, weighted back
-            return sum(super(LengthGroupedTrainer, self).compute_loss(model, group) * (count / sum(counts))
-                       for group, count in zip(groups, counts))
+            return sum(loss_of(model, group) * (count / sum(counts)) for group, count in zip(groups, counts))
 
     return LengthGroupedTrainer

@@ -83,3 +83,33 @@ def test_evaluation_cuts_scoring_batches_by_cost_and_fills_decoding_groups():
     assert rows_of(request_groups(lengths, 4096, continuations=4, max_new=0)) == [list(range(4)), list(range(4, 24))]
     # Rows that decode share one loop: one group, whatever the padding of their prompt pass.
     assert rows_of(request_groups(lengths, 4096, continuations=1, max_new=24)) == [list(range(24))]
+
+
+def _cast_nodes(loss, weight) -> int:
+    """How many bf16 casts of `weight` the loss's graph holds (autograd records each as a node)."""
+    seen, stack, casts = set(), [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for parent, _ in node.next_functions:
+            if parent is not None and type(parent).__name__ == "AccumulateGrad" and parent.variable is weight:
+                casts.add(node)
+            stack.append(parent)
+    return len(casts)
+
+
+def test_the_groups_of_a_split_batch_share_one_bf16_cast_of_each_weight(tiny_model_dir, tmp_path):
+    """accelerate puts autocast around each forward; without one region over all the groups,
+    every weight would be cast again for each group."""
+    from transformers import Trainer, TrainingArguments
+
+    model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to=[], disable_tqdm=True)
+    trainer = length_grouped_trainer(Trainer, split=True)(model=model, args=args)
+    prepared = trainer.accelerator.prepare(model)       # as Trainer.train does: autocast around forward
+    prepared.train()
+    loss = trainer.compute_loss(prepared, dict(_batch(tok)))
+    weight = model.model.layers[0].mlp.up_proj.weight
+    assert _cast_nodes(loss, weight) == 1

@@ -357,7 +357,7 @@ def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):
     args = _training_args(workdir, options, data, spec.train_dtype == "bfloat16", len(dataset))
     trainer_cls = length_grouped_trainer(Trainer, split=not is_distributed())
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
-                      data_collator=TargetOnlyCollator(tokenizer.pad_token_id),
+                          data_collator=TargetOnlyCollator(tokenizer.pad_token_id),
                           callbacks=[guard, _checkpoint_callback()])
     trainer.remove_callback(PrinterCallback)   # it prints every log dict when bars are off
     resume = last_good_checkpoint(Path(args.output_dir)) if Path(args.output_dir).is_dir() else None

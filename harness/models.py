@@ -267,7 +267,7 @@ def detach_from_checkpoint_file(model) -> None:
     import gc
 
     for param in model.parameters():
-        if param.dtype.is_floating_point:
+        if param.dtype.is_floating_point and param.device.type == "cpu":    # a GPU copy maps no file
             param.data = param.data.clone()
     gc.collect()
 

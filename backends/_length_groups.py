@@ -27,15 +27,16 @@ def split_batch(inputs: dict) -> list[dict]:
     if set(inputs) != KEYS:
         return [inputs]
     mask, labels = inputs["attention_mask"], inputs["labels"]
-    groups = length_groups(mask.sum(-1).tolist())
+    lengths = mask.sum(-1).tolist()
+    groups = length_groups(lengths)
     if len(groups) == 1:
         return [inputs]
-    target_lens = (labels != -100).sum(-1)
+    target_lens = (labels != -100).sum(-1).tolist()
     out = []
     for rows in groups:
         index = mask.new_tensor(rows)
-        width = int(mask[index].sum(-1).max())
-        keep = min(int(target_lens[index].max()) + 1, width)
+        width = max(lengths[row] for row in rows)
+        keep = min(max(target_lens[row] for row in rows) + 1, width)
         out.append({"input_ids": inputs["input_ids"][index, -width:], "attention_mask": mask[index, -width:],
                     "position_ids": inputs["position_ids"][index, -width:],
                     "labels": labels[index, -keep:], "logits_to_keep": keep})

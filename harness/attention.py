@@ -19,17 +19,55 @@ NAME = "harness_cpu"
 SHORT_QUERY = 16        # query blocks up to this length use the matrix products
 
 
+def _buffer_length(t) -> int | None:
+    """The sequence length of the buffer that t, a (B, H, used, D) tensor, is the start of, when t
+    is a narrowed view of a contiguous (B, H, capacity, D) buffer, as the growing cache hands out."""
+    batch, heads, used, dim = t.shape
+    capacity, rest = divmod(t.stride(1), dim)
+    if (t.storage_offset() or t.stride(3) != 1 or t.stride(2) != dim or rest or capacity <= used
+            or t.stride(0) != heads * capacity * dim):
+        return None
+    if t.untyped_storage().nbytes() < batch * heads * capacity * dim * t.element_size():
+        return None
+    return capacity
+
+
+def _over_whole_buffers(key, value, mask, queries: int):
+    """(key, value, mask) over the whole buffers when key and value are narrowed views of them.
+
+    oneDNN multiplies only contiguous or transposed operands and copies any other first: on the
+    growing cache's views that copy was a fifth of a decoding step (48 headline rows, bf16). Over
+    the whole buffer nothing is copied; the tail, masked out, costs a few more products. The
+    growing cache keeps its tail finite, so masked probabilities (0) times it add nothing."""
+    import torch
+
+    capacity = _buffer_length(key)
+    used = key.shape[2]
+    if capacity is None or _buffer_length(value) != capacity or (mask is not None and mask.shape[-1] != used):
+        return key, value, mask
+    if mask is None:
+        mask = torch.ones(1, 1, queries, used, dtype=torch.bool, device=key.device)
+    if mask.dtype == torch.bool:
+        tail = mask.new_zeros(*mask.shape[:-1], capacity - used)
+    else:
+        tail = mask.new_full((*mask.shape[:-1], capacity - used), torch.finfo(mask.dtype).min)
+    whole = (key.shape[0], key.shape[1], capacity, key.shape[3])
+    return key.as_strided(whole, key.stride()), value.as_strided(whole, value.stride()), torch.cat([mask, tail], -1)
+
+
 def _folded_attention(query, key, value, mask, scaling: float):
     """softmax(q k^T * scaling + mask) v with grouped-query heads folded into the rows: (B, T, Hq, D)."""
     import torch
 
     batch, q_heads, length, dim = query.shape
+    if mask is None and length > 1:    # no mask given: causal, the queries being the last positions
+        keys = key.shape[2]
+        mask = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril(keys - length)[None, None]
+    key, value, mask = _over_whole_buffers(key, value, mask, length)
     kv_heads, keys = key.shape[1], key.shape[2]
     group = q_heads // kv_heads
     scores = torch.matmul(query.reshape(batch, kv_heads, group * length, dim), key.transpose(-1, -2))
     scores = scores.view(batch, kv_heads, group, length, keys).float() * scaling
-    if mask is None and length > 1:    # no mask given: causal, the queries being the last positions
-        mask = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril(keys - length)[None, None]
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask[:, :, None], torch.finfo(torch.float32).min)

@@ -24,7 +24,9 @@ from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
 
 # Bump when a change to evaluation can change its numbers: cached evaluations are keyed by it.
-EVAL_VERSION = 5    # 5: batches cut by harness.length_groups, finished rows leave decoding batches
+EVAL_VERSION = 6    # 6: short-query attention multiplies over the cache's whole buffer (its
+#    accumulation order moves)
+# 5: batches cut by harness.length_groups, finished rows leave decoding batches
 #    (bf16 rounding moves with the batch shapes)
 # 4: CPU attention via harness.attention, gold target folded into the prompt pass
 # 3: bf16 evaluation runs bf16 weights (was autocast over fp32 weights, fp32 decoding)

@@ -6,6 +6,8 @@ fp32 on 2 cores, that copying was 43% of the time (6.5 s of 15 s under the profi
 layer writes into a buffer with room for the tokens still to come (`reserve`) and hands attention
 a view of its filled part; the buffer is reallocated (doubling) only when it runs out, or when the
 layer's tensors were replaced behind its back (crop keeps the view, so it keeps the buffer).
+A buffer's tail past the filled part is zeros, or tokens a crop left behind: always finite, so
+attention may multiply over the whole buffer with the tail masked out (harness.attention).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class GrowingLayer(DynamicLayer):
         if old:
             keys[..., :old, :] = self.keys
             values[..., :old, :] = self.values
+        keys[..., length:, :] = 0      # the tail stays finite (see the module's docstring)
+        values[..., length:, :] = 0
         self._keys_buffer, self._values_buffer = keys, values
 
     def batch_select_indices(self, indices) -> None:

@@ -55,3 +55,32 @@ def test_a_model_without_the_attention_interface_keeps_its_own(tiny_model_dir):
     model._supports_attention_backend = False       # as for architectures that predate the interface
     with fast_cpu_attention(model):
         assert model.config._attn_implementation == "sdpa"
+
+
+def test_attention_over_the_growing_cache_multiplies_its_buffer_without_copying_it():
+    """The cache hands attention a narrowed view of a buffer with room to grow; oneDNN copies such
+    an operand before multiplying unless attention takes the whole buffer with the tail masked."""
+    from harness.kv_cache import growing_cache
+
+    torch.manual_seed(0)
+    cache = growing_cache(layers=1, reserve=8)
+    chunk = lambda n: torch.randn(4, 2, n, 16, dtype=torch.bfloat16)  # noqa: E731
+    cache.update(chunk(30), chunk(30), 0)
+    key, value = cache.update(chunk(1), chunk(1), 0)
+    assert key.shape[2] == 31 and not key.is_contiguous()      # 31 used of a 38-token buffer
+    query = torch.randn(4, 6, 1, 16, dtype=torch.bfloat16)
+    mask = torch.ones(4, 1, 1, 31, dtype=torch.bool)
+    mask[1, :, :, 3:9] = False
+    with torch.profiler.profile(record_shapes=True) as prof:
+        got = _folded_attention(query, key, value, mask, 16 ** -0.5)
+    cache_sizes = {key.numel(), key.numel() // 31 * 38}
+    copies = [e.input_shapes for e in prof.events() if e.name == "aten::copy_"
+              and any(shape and torch.Size(shape).numel() in cache_sizes for shape in e.input_shapes)]
+    assert copies == []
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.contiguous(), value.contiguous(), attn_mask=mask, enable_gqa=True)
+    assert torch.allclose(got.transpose(1, 2).float(), expected.float(), atol=2e-2)
+    causal = _folded_attention(query, key, value, None, 16 ** -0.5)   # one query, no mask: every key
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key.contiguous(), value.contiguous(),
+                                                                enable_gqa=True)
+    assert torch.allclose(causal.transpose(1, 2).float(), expected.float(), atol=2e-2)

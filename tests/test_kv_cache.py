@@ -61,3 +61,13 @@ def test_selecting_rows_keeps_them_and_their_room_to_grow():
     k2, v2 = theirs.update(step_k[rows], step_v[rows], 0)
     assert torch.equal(k1, k2) and torch.equal(v1, v2)
     assert k1.data_ptr() == selected          # the next token went into the selected buffer, no regrowth
+
+
+def test_the_room_to_grow_is_zeros_so_attention_may_read_it_masked():
+    cache = growing_cache(layers=1, reserve=6)
+    keys, values = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)
+    cache.update(keys, values, 0)
+    layer = cache.layers[0]
+    assert layer._keys_buffer.shape[2] == 11
+    assert torch.equal(layer._keys_buffer[:, :, 5:], torch.zeros(2, 2, 6, 4))
+    assert torch.equal(layer._values_buffer[:, :, 5:], torch.zeros(2, 2, 6, 4))

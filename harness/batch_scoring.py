@@ -270,5 +270,7 @@ def _greedy(scorer, first, mask, start_pos, cache, max_new, stop_ids):
             rows, done = [rows[i] for i in live], [False] * len(live)
         mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long, device=dev)], dim=1)
         hidden = scorer.step(token[:, None], mask, (start_pos + step)[:, None], cache)
-        token = scorer.head(hidden[:, -1]).argmax(dim=-1)   # no softmax: the argmax is the same
+        # no softmax: the argmax is the same. max's indices, not argmax: the same first maximum, and
+        # argmax over bf16 logits took 4.3 ms per step against 1.1 (48 rows x 49,152)
+        token = scorer.head(hidden[:, -1]).max(dim=-1).indices
     return out

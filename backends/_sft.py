@@ -27,6 +27,7 @@ from pathlib import Path
 
 from backends._distributed import fsdp_arguments, full_state_dict, is_distributed, reduce_counts, training_note
 from backends._finished import eval_handle, record_finished, reopen_finished
+from backends._fused_lora import fused_lora_updates
 from backends._guard import guard_callback
 from backends._length_groups import length_grouped_trainer
 from harness.allocator import keep_freed_memory
@@ -367,6 +368,6 @@ def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):
     # on 2 cores, 8 x 71 tokens: LoRA 1.10 -> 1.05 s per step, QLoRA 1.33 -> 1.22 s. The fp32 base
     # comes back afterwards, so evaluation sees the same model as a reopened artifact.
     with keep_freed_memory(), weights_in_bf16(model, args.bf16, frozen_only=True), \
-            adapter_input_cast(model, under_autocast=args.bf16):
+            adapter_input_cast(model, under_autocast=args.bf16), fused_lora_updates(model):
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return trainer, tokenizer, guard, seen, skipped, (time.perf_counter() - start, time.process_time() - cpu_start)

@@ -58,12 +58,28 @@ class Figure:
     seconds: float
     tokens: int
     flops: float = 0.0
+    runs_s: list[float] | None = None    # every run's seconds, when the side ran more than once (fastest)
 
     def describe(self, peak_gflops: float) -> dict:
         rate = self.tokens / self.seconds if self.seconds else 0.0
         util = self.flops / self.seconds / (peak_gflops * 1e9) if self.seconds and peak_gflops else 0.0
-        return {"seconds": round(self.seconds, 3), "tokens": self.tokens, "tokens_per_s": round(rate, 1),
-                "fraction_of_bf16_peak": round(util, 3)}
+        out = {"seconds": round(self.seconds, 3), "tokens": self.tokens, "tokens_per_s": round(rate, 1),
+               "fraction_of_bf16_peak": round(util, 3)}
+        if self.runs_s:
+            out["runs_s"] = self.runs_s
+        return out
+
+
+def fastest(runs: list[tuple]) -> tuple:
+    """The fastest of one side's runs, each (result, Figure); its Figure lists every run's seconds.
+
+    A headline pair (harness and the alternative it is compared with) runs `--repeats` times,
+    alternated. This machine's speed drifts by 10-40% over tens of seconds: one run of a 5 s side
+    can fall into a slow spell that a 45 s side averages out. Alternating gives both sides the same
+    chances, and the fastest run is the least disturbed one (as timeit reports)."""
+    result, figure = min(runs, key=lambda run: run[1].seconds)
+    figure.runs_s = [round(run[1].seconds, 3) for run in runs] if len(runs) > 1 else None
+    return result, figure
 
 
 def param_count(model) -> int:

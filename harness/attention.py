@@ -19,7 +19,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 NAME = "harness_cpu"
-SHORT_QUERY = 128       # query blocks up to this length use the matrix products
+SHORT_QUERY = 128       # query blocks up to this length use the matrix products...
+SCORES_BYTES = 64 * 2 ** 20   # ...when their score matrix fits here (the flash kernel never holds one)
 
 
 def _buffer_length(t) -> int | None:
@@ -92,7 +93,8 @@ def cpu_attention_forward(module, query, key, value, attention_mask, dropout: fl
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     plain = kwargs.get("softcap") is None and kwargs.get("s_aux") is None and kwargs.get("position_bias") is None
-    if query.shape[2] <= SHORT_QUERY and plain and not (module.training and dropout):
+    scores_bytes = query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2] * query.element_size()
+    if query.shape[2] <= SHORT_QUERY and scores_bytes <= SCORES_BYTES and plain and not (module.training and dropout):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return _folded_attention(query, key, value, attention_mask, scale), None
     if plain and attention_mask is not None and query.shape[1] != key.shape[1]:

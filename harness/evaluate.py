@@ -24,8 +24,8 @@ from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
 
 # Bump when a change to evaluation can change its numbers: cached evaluations are keyed by it.
-EVAL_VERSION = 6    # 6: short-query attention multiplies over the cache's whole buffer (its
-#    accumulation order moves)
+EVAL_VERSION = 6    # 6: matrix-product attention for query blocks up to 128, over the cache's
+#    whole buffer, softmax straight to bf16 (the rounding moves)
 # 5: batches cut by harness.length_groups, finished rows leave decoding batches
 #    (bf16 rounding moves with the batch shapes)
 # 4: CPU attention via harness.attention, gold target folded into the prompt pass

@@ -30,7 +30,14 @@ def test_folded_grouped_query_attention_equals_sdpa(queries, dtype):
     assert torch.allclose(causal.transpose(1, 2).float(), expected_causal.float(), atol=tolerance)
 
 
-def test_model_logits_are_unchanged_and_the_implementation_comes_back(tiny_model_dir):
+@pytest.mark.parametrize("route", ["products", "flash kernel (longer blocks)", "flash kernel (big score matrix)"])
+def test_model_logits_are_unchanged_and_the_implementation_comes_back(tiny_model_dir, monkeypatch, route):
+    from harness import attention
+
+    if route == "flash kernel (longer blocks)":
+        monkeypatch.setattr(attention, "SHORT_QUERY", 16)
+    if route == "flash kernel (big score matrix)":
+        monkeypatch.setattr(attention, "SCORES_BYTES", 1024)
     model, _ = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
     model.set_attn_implementation("sdpa")
     ids = torch.randint(5, 100, (2, 30))
@@ -41,9 +48,12 @@ def test_model_logits_are_unchanged_and_the_implementation_comes_back(tiny_model
         expected_step = model(input_ids=ids[:, :1], attention_mask=mask[:, :1]).logits
         with fast_cpu_attention(model):
             assert model.config._attn_implementation == NAME
-            got = model(input_ids=ids, attention_mask=mask).logits        # the flash-kernel branch
+            with torch.profiler.profile() as prof:
+                got = model(input_ids=ids, attention_mask=mask).logits
             got_step = model(input_ids=ids[:, :1], attention_mask=mask[:, :1]).logits   # the short branch
     assert model.config._attn_implementation == "sdpa"
+    flash = any("flash_attention" in event.name for event in prof.events())
+    assert flash == (route != "products")
     valid = mask.bool()
     assert torch.allclose(got[valid], expected[valid], atol=1e-5)
     assert torch.allclose(got_step, expected_step, atol=1e-5)

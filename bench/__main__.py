@@ -110,10 +110,8 @@ def run_mc(report, model, model_bf16, tok, lm_eval_batch, limit, repeats):
 
     task = next(t for t in common.load_general().tasks if t.spec.kind == "multiple_choice")
     task = dataclasses.replace(task, items=task.items[:limit])
-    ours_runs, their_runs = [], []
-    for _ in range(repeats):        # alternated, the fastest of each kept (common.fastest)
-        ours_runs.append(scoring.mc_harness(model, tok, task, True))
-        their_runs.append(scoring.mc_lm_eval(model_bf16, tok, task, lm_eval_batch))
+    ours_runs, their_runs = common.alternate(repeats, lambda: scoring.mc_harness(model, tok, task, True),
+                                             lambda: scoring.mc_lm_eval(model_bf16, tok, task, lm_eval_batch))
     ours, seconds = min(ours_runs, key=lambda run: run[1])
     theirs, their_seconds = min(their_runs, key=lambda run: run[1])
     _, same_seconds = scoring.mc_lm_eval(model_bf16, tok, task, lm_eval_batch, same_settings=True)
@@ -138,10 +136,9 @@ def run_generation(report, model, model_bf16, tok, limit, max_new, repeats):
     prompts = [encode_prompt(tok, t) for t in texts]
     ours, fig_h = generation.harness_generate(model, tok, prompts, max_new, False)
     theirs, fig_p = generation.pipeline_generate(model, tok, texts, max_new)
-    bf16_runs, pipeline_runs = [], []
-    for _ in range(repeats):        # the headline pair, alternated (common.fastest)
-        bf16_runs.append(generation.harness_generate(model, tok, prompts, max_new, True))
-        pipeline_runs.append(generation.pipeline_generate(model_bf16, tok, texts, max_new))
+    bf16_runs, pipeline_runs = common.alternate(
+        repeats, lambda: generation.harness_generate(model, tok, prompts, max_new, True),
+        lambda: generation.pipeline_generate(model_bf16, tok, texts, max_new))
     ours_bf16, fig_hb = common.fastest(bf16_runs)
     theirs_bf16, fig_pb = common.fastest(pipeline_runs)
     fig_pb.name = "pipeline loop (bf16)"
@@ -168,13 +165,16 @@ def run_training(report, spec, params, steps, batch, kinds, with_trl, repeats):
     peak = report["peak_gflops"]["bfloat16"]
     out = {"steps": steps, "batch_size": batch, "examples": steps * batch}
     for kind in kinds:
-        ours_runs, their_runs = [], []
-        for _ in range(repeats):    # alternated, the fastest of each kept (common.fastest)
+        def ours_once():
             common.fresh_start()
-            ours_runs.append((None, training.harness_train(kind, spec, data, steps, batch, params)))
-            if with_trl:
-                common.fresh_start()
-                their_runs.append((None, training.trl_train(kind, spec, data, steps, batch, params)))
+            return None, training.harness_train(kind, spec, data, steps, batch, params)
+
+        def theirs_once():
+            common.fresh_start()
+            return None, training.trl_train(kind, spec, data, steps, batch, params)
+
+        ours_runs, *their = common.alternate(repeats, ours_once, *([theirs_once] if with_trl else []))
+        their_runs = their[0] if their else []
         ours = common.fastest(ours_runs)[1]
         out[kind] = {"harness": ours.describe(peak)}
         if with_trl:

@@ -70,6 +70,16 @@ class Figure:
         return out
 
 
+def alternate(repeats: int, *measures) -> list[list]:
+    """Each measure's results over `repeats` rounds, the measures called in turn within a round
+    (a, b, a, b, ...): the sides of a headline pair meet the machine's slow spells alike (fastest)."""
+    runs = [[] for _ in measures]
+    for _ in range(repeats):
+        for out, measure in zip(runs, measures):
+            out.append(measure())
+    return runs
+
+
 def fastest(runs: list[tuple]) -> tuple:
     """The fastest of one side's runs, each (result, Figure); its Figure lists every run's seconds.
 

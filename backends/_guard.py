@@ -21,6 +21,7 @@ def guard_callback(model):
         COLLAPSE_STEPS = 3
         reason = None
         zero_steps = 0
+        weights = None
 
         def __init__(self):
             model.register_forward_hook(self._check_loss)
@@ -52,8 +53,19 @@ def guard_callback(model):
                               f"(step {state.global_step})"
             control.should_training_stop = control.should_training_stop or self.reason is not None
 
+        def _trainable(self, model, args):
+            """The trainable weights, listed once where they stay the same tensors: the walk over
+            a LoRA-wrapped model's 2,500 modules took 2.5 ms a step. FSDP may swap them between
+            steps, so there they are listed every time."""
+            if self.weights is not None:
+                return self.weights
+            weights = [p.detach() for p in model.parameters() if p.requires_grad]
+            if not args.fsdp:
+                self.weights = weights
+            return weights
+
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if not self.reason and not _weights_finite(model):
+            if not self.reason and not _weights_finite(self._trainable(model, args)):
                 self.reason = "the weights became non-finite"
             if self.reason:
                 self.reason = f"{self.reason} (step {state.global_step})"
@@ -63,13 +75,12 @@ def guard_callback(model):
     return TrainingGuard()
 
 
-def _weights_finite(model) -> bool:
+def _weights_finite(weights) -> bool:
     """One fused pass over the trainable weights (their total norm is finite iff every weight is,
     short of an overflow that is itself divergence). Checking each tensor with isfinite().all()
     took 430 ms of a 1.7 s full fine-tuning step on 2 cores: four passes and temporaries per tensor."""
     import torch
 
-    weights = [p.detach() for p in model.parameters() if p.requires_grad]
     return not weights or bool(torch.nn.utils.get_total_norm(weights, foreach=True).isfinite())
 
 

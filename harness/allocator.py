@@ -67,3 +67,26 @@ def keep_freed_memory(enabled: bool = True):
             for option, value in GLIBC_DEFAULTS.items():
                 libc.mallopt(option, value)
             release_freed_memory()
+
+
+@contextmanager
+def objects_frozen():
+    """Python's collector leaves the objects that exist at entry alone until exit (gc.freeze).
+
+    A full collection walks every tracked object: with transformers, datasets and a model loaded,
+    about 550 k of them, 230-280 ms on 2 cores. Trainer.train starts with one (accelerate's
+    free_memory) and the interpreter starts more as a long run allocates: time a training run
+    spends re-checking objects that were alive before it began. Objects created inside are still
+    collected as usual; cycles among the frozen ones wait for the next collection after exit.
+    Where something else has frozen objects already (gc.freeze is process-wide and exit could
+    only thaw them all), it does nothing."""
+    import gc
+
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

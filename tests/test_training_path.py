@@ -235,3 +235,46 @@ def test_full_fine_tuning_owns_its_weights_instead_of_writing_into_the_checkpoin
     assert any(_in_file_mappings(p, ".safetensors") for p in model.parameters())   # loaded zero-copy
     model = _prepare(model, None, False, TrainOptions())
     assert not any(_in_file_mappings(p, ".safetensors") for p in model.parameters())
+
+
+def test_training_leaves_the_objects_alive_before_it_out_of_the_collectors_scans(tiny_model_dir, tmp_path):
+    import gc
+
+    frozen_during = []
+    before = gc.get_freeze_count()
+    _train_lora_watching(tiny_model_dir, tmp_path, "float32", lambda model: frozen_during.append(gc.get_freeze_count()),
+                         max_steps=2)
+    assert before == 0 and frozen_during and all(n > 1000 for n in frozen_during)
+    assert gc.get_freeze_count() == 0         # thawed afterwards
+
+
+def test_objects_frozen_leaves_a_freeze_made_by_someone_else_in_place():
+    import gc
+
+    from harness.allocator import objects_frozen
+
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with objects_frozen():
+            pass
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_training_counts_flops_as_trainer_does_but_walks_the_parameters_once(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+    from backends._sft import _counting_once
+
+    model, _ = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    batch = {"input_ids": torch.ones(3, 7, dtype=torch.long)}
+    expected = Trainer(model=model, args=args).floating_point_ops(batch)
+    walks = []
+    original = PreTrainedModel.num_parameters
+    monkeypatch.setattr(PreTrainedModel, "num_parameters", lambda self, *a, **k: walks.append(1) or original(self, *a, **k))
+    trainer = _counting_once(Trainer)(model=model, args=args)
+    assert expected > 0 and [trainer.floating_point_ops(batch) for _ in range(3)] == [expected] * 3
+    assert len(walks) == 1

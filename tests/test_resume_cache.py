@@ -137,10 +137,12 @@ def test_kill_9_during_training_resumes_from_the_last_good_checkpoint_bit_identi
     assert resumed.arms["full"].cost.train_steps == 6
 
 
-@pytest.mark.parametrize("fault, reason", [("nan_at_step=2", "the loss became nan"),
-                                           ("zero_loss", "collapsed: zero gradient norm for 3 steps")])
+@pytest.mark.parametrize("fault, reason, step", [
+    ("nan_at_step=2", "the loss became nan", 3),     # written at the end of step 2, caught in step 3
+    ("zero_loss", "collapsed: zero gradient norm for 3 steps", 3),
+    ("nan_at_step=8", "the weights became non-finite", 8)])    # the last step: caught before saving
 def test_a_broken_run_stops_its_arm_with_the_reason_and_the_others_go_on(tmp_path, cache, tiny_model_dir,
-                                                                          monkeypatch, fault, reason):
+                                                                          monkeypatch, fault, reason, step):
     backends = ("  zero-shot: {type: prompt, shots: 0}\n"
                 "  full: {type: full, max_steps: 8, batch_size: 2, learning_rate: 1e-3}\n")
     suite = make_suite(tmp_path / "suite", tiny_model_dir, backends=backends)
@@ -148,8 +150,7 @@ def test_a_broken_run_stops_its_arm_with_the_reason_and_the_others_go_on(tmp_pat
     results = _compare(suite, tmp_path / "run", expect=5)
     full = results.arms["full"]
     assert full.status == "failed" and full.exit_code == 5 and reason in full.error
-    step = int(re.search(r"\(step (\d+)\)", full.error).group(1))
-    assert step == 3          # nan: written at the end of step 2, caught in step 3; zero: steps 1-3
+    assert int(re.search(r"\(step (\d+)\)", full.error).group(1)) == step
     assert results.arms["zero-shot"].status == "ok"
     assert full.artifact is None and not (tmp_path / "run" / "arms" / "full" / "model").exists()
     assert len(list((cache / "evals").glob("*.json"))) == 1            # only the prompt arm was cached

@@ -21,6 +21,14 @@ def _parts(model):
     return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
 
 
+def _cache_keyword(backbone) -> str:
+    """The forward's name for the key/value cache: transformers 5.25 renamed past_key_values to
+    cache and drops the old name in 5.40; earlier 5.x releases know only past_key_values."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
 def _device(model):
     return next(model.parameters()).device
 
@@ -33,13 +41,14 @@ class Scorer:
 
         self.torch = torch
         self.backbone, self.head = _parts(model)
+        self.cache_keyword = _cache_keyword(self.backbone)
         self.device = _device(model)
         self.prefix_len = len(prefix)
         self.prefix_cache = None
         if prefix:
             ids = torch.tensor([prefix], device=self.device)
             out = self.backbone(input_ids=ids, use_cache=True)
-            self.prefix_cache = out.past_key_values
+            self.prefix_cache = out.get("cache", out.get("past_key_values"))
 
     def new_cache(self, rows: int, reserve: int):
         """A cache for `rows` rows starting from the shared prefix, with room for `reserve` more tokens."""
@@ -51,7 +60,7 @@ class Scorer:
     def step(self, ids, mask, positions, cache):
         """Run new tokens on top of `cache`; returns hidden states (B, T, H)."""
         out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True)
+                            use_cache=True, **{self.cache_keyword: cache})
         return out.last_hidden_state
 
     def logits(self, hidden):

@@ -61,6 +61,16 @@ def test_batched_equals_one_at_a_time(handle):
             assert alone["label_logprobs"][label] == pytest.approx(row["label_logprobs"][label], abs=1e-5)
 
 
+def test_evaluation_passes_the_cache_under_the_forward_name_this_transformers_takes(handle):
+    """transformers 5.25 renamed the forward's past_key_values to cache and drops the old name in
+    5.40: the deprecated spelling must not be what evaluation uses."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        evaluate(handle, EXAMPLES[:2], TASK, batch_tokens=10_000)
+
+
 def test_greedy_matches_transformers_generate(handle):
     """Our cached decoding loop gives the same tokens as generate() run on each prompt alone."""
     tok = handle.tokenizer

@@ -278,3 +278,20 @@ def test_training_counts_flops_as_trainer_does_but_walks_the_parameters_once(tin
     trainer = _counting_once(Trainer)(model=model, args=args)
     assert expected > 0 and [trainer.floating_point_ops(batch) for _ in range(3)] == [expected] * 3
     assert len(walks) == 1
+
+
+def test_qlora_preparation_prints_no_deprecation_warning_from_the_libraries(tiny_model_dir):
+    """PEFT's prepare_model_for_kbit_training reads a property transformers 5.25 deprecated: the
+    FutureWarning it printed on every QLoRA run is not the user's to act on."""
+    import warnings
+
+    from backends._sft import _prepare
+    from backends.lora import lora_config
+    from backends.qlora import QLoraBackend
+
+    model, _ = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"),
+                           quantize_4bit=True, compute_dtype="bfloat16")
+    options = QLoraBackend.Options()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _prepare(model, lora_config(options), True, options)

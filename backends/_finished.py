@@ -58,13 +58,10 @@ def reopen_finished(spec: ModelSpec, workdir: Path, peft_config, quantize_4bit: 
     if peft_config is None:
         model, tokenizer = models.load(spec, weights=str(artifact))
     else:
-        import warnings
-
         from peft import PeftModel
 
         model, tokenizer = models.load(spec, quantize_4bit=quantize_4bit, compute_dtype=spec.train_dtype)
-        with warnings.catch_warnings():    # libraries' deprecation notices about their own internals
-            warnings.simplefilter("ignore", FutureWarning)
+        with models.library_deprecations_quiet():
             model = PeftModel.from_pretrained(model, str(artifact), is_trainable=False, local_files_only=True)
     stats.reopened = True
     return model, tokenizer, stats, artifact

@@ -261,12 +261,9 @@ def _prepare(model, peft_config, quantize_4bit: bool, options):
         _sparse_tied_embedding_gradient(model)
         models.detach_from_checkpoint_file(model)     # the optimizer writes every weight
         return model
-    import warnings
-
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    with warnings.catch_warnings():     # libraries' deprecation notices about their own internals
-        warnings.simplefilter("ignore", FutureWarning)
+    with models.library_deprecations_quiet():
         if quantize_4bit:
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=options.gradient_checkpointing)

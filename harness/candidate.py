@@ -29,7 +29,7 @@ from pathlib import Path
 from harness.backend import ModelSpec
 from harness.errors import RefusedArtifact, UsageError
 from harness.fingerprint import files_sha256, tokenizer_fingerprints, weights_sha256
-from harness.models import PICKLE_SUFFIXES
+from harness.models import PICKLE_SUFFIXES, library_deprecations_quiet
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -268,15 +268,13 @@ def merge_for_eval(peft_model):
 
 def _apply_adapter(model, path: Path, allow_pickle: bool):
     import pickle
-    import warnings
 
     from peft import PeftModel
 
     try:
         # A local directory only (never the hub); weights are safetensors unless --allow-pickle
         # let a .bin through, which PEFT loads with torch's weights-only unpickler.
-        with warnings.catch_warnings():    # libraries' deprecation notices about their own internals
-            warnings.simplefilter("ignore", FutureWarning)
+        with library_deprecations_quiet():
             peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False, local_files_only=True)
     except pickle.UnpicklingError as exc:
         raise RefusedArtifact(f"--adapter {path}: the pickle weights hold more than tensors, refused by the "

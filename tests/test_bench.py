@@ -50,3 +50,13 @@ def test_bench_runs_on_the_tiny_model_and_agrees_with_the_alternatives(tmp_path,
     for kind in ("full", "lora"):
         assert len(report["training"][kind]["harness"]["runs_s"]) == 2
         assert len(report["training"][kind]["trl_defaults"]["runs_s"]) == 2
+
+
+def test_alternatives_like_for_like_training_runs_under_the_collector_setting_harness_trains_under():
+    import gc
+
+    from bench.common import harness_settings
+
+    with harness_settings():                 # a training run's settings (TRL's like-for-like figure)
+        frozen_in_training = gc.get_freeze_count()
+    assert frozen_in_training > 0 and gc.get_freeze_count() == 0

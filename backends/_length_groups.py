@@ -13,6 +13,7 @@ rounding), and a single backward follows.
 
 from __future__ import annotations
 
+from backends._shared_prefix import running_shared, with_prefix_row
 from harness.length_groups import length_groups
 
 KEYS = {"input_ids", "attention_mask", "position_ids", "labels", "logits_to_keep"}
@@ -48,27 +49,33 @@ def target_count(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
-def length_grouped_trainer(trainer_cls, split: bool):
-    """trainer_cls whose training loss runs a batch as its length groups (when `split`).
+def length_grouped_trainer(trainer_cls, split: bool, share_prefix: bool = False):
+    """trainer_cls whose training loss runs a batch as its length groups (when `split`), each
+    with its rows' shared prefix run once (when `share_prefix`: backends/_shared_prefix.py).
 
-    Not under DDP/FSDP: their hooks expect one forward per backward."""
+    Neither under DDP/FSDP: their hooks expect one forward per backward."""
 
     class LengthGroupedTrainer(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            groups = split_batch(inputs) if split and model.training and not return_outputs else [inputs]
-            if len(groups) == 1:
+            training = model.training and not return_outputs
+            groups = split_batch(inputs) if training and split else [inputs]
+            runs = [with_prefix_row(group) if training and share_prefix else (group, 0) for group in groups]
+            if len(runs) == 1 and not runs[0][1]:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # accelerate puts autocast around each forward, and autocast forgets its weight casts
             # when its outermost region ends: one region over the groups casts every weight once.
             with self.accelerator.autocast():
-                return self._grouped_loss(model, groups, num_items_in_batch)
+                return self._grouped_loss(model, runs, num_items_in_batch)
 
-        def _grouped_loss(self, model, groups, num_items_in_batch):
-            loss_of = super().compute_loss
-            if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+        def _grouped_loss(self, model, runs, num_items_in_batch):
+            def loss_of(group, shared, **kwargs):
+                with running_shared(shared):
+                    return super(LengthGroupedTrainer, self).compute_loss(model, group, **kwargs)
+
+            if len(runs) == 1 or (num_items_in_batch is not None and self.model_accepts_loss_kwargs):
                 # Each group's loss is its summed token losses over the whole count: they add up.
-                return sum(loss_of(model, group, num_items_in_batch=num_items_in_batch) for group in groups)
-            counts = [target_count(group) for group in groups]     # per-group means, weighted back
-            return sum(loss_of(model, group) * (count / sum(counts)) for group, count in zip(groups, counts))
+                return sum(loss_of(group, shared, num_items_in_batch=num_items_in_batch) for group, shared in runs)
+            counts = [target_count(group) for group, _ in runs]     # per-group means, weighted back
+            return sum(loss_of(group, shared) * (count / sum(counts)) for (group, shared), count in zip(runs, counts))
 
     return LengthGroupedTrainer

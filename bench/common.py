@@ -59,12 +59,16 @@ class Figure:
     tokens: int
     flops: float = 0.0
     runs_s: list[float] | None = None    # every run's seconds, when the side ran more than once (fastest)
+    computed_tokens: int | None = None   # the positions it ran, where it ran fewer than `tokens` (shared prefixes)
 
     def describe(self, peak_gflops: float) -> dict:
         rate = self.tokens / self.seconds if self.seconds else 0.0
         util = self.flops / self.seconds / (peak_gflops * 1e9) if self.seconds and peak_gflops else 0.0
         out = {"seconds": round(self.seconds, 3), "tokens": self.tokens, "tokens_per_s": round(rate, 1),
                "fraction_of_bf16_peak": round(util, 3)}
+        if self.computed_tokens is not None and self.tokens:
+            out["computed_tokens"] = self.computed_tokens
+            out["fraction_of_bf16_peak_computed"] = round(util * self.computed_tokens / self.tokens, 3)
         if self.runs_s:
             out["runs_s"] = self.runs_s
         return out

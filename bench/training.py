@@ -4,6 +4,10 @@ Same model, same examples (the sentiment suite's train split, as prompt/completi
 conversations for TRL), same batch size, steps and learning rate; everything else is each
 tool's default (TRL: padding to the batch's longest row, gradient checkpointing on, bf16 on).
 Tokens are the non-padding tokens each trainer reports it consumed; time is trainer.train only.
+Harness runs the tokens all rows of a batch open with (chat template, system prompt) once per
+batch (backends/_shared_prefix.py), with the loss and gradients of the whole rows: its FLOPs and
+utilisation count every token, as TRL's do (the same work), and `fraction_of_bf16_peak_computed`
+counts only the positions it ran.
 TRL runs twice: as its users run it, and under the process settings harness applies to its own
 training (glibc keeping freed memory), so that gain can be told apart from the rest.
 """
@@ -36,7 +40,8 @@ def harness_train(kind: str, spec, data, steps: int, batch: int, params: int) ->
     with tempfile.TemporaryDirectory() as work:
         handle = backend_cls(_options(kind, steps, batch)).train(spec, data.train_data(), Path(work))
     stats = handle.stats
-    return Figure(f"harness {kind}", stats.seconds, stats.tokens, FLOPS_PER_PARAM[kind] * params * stats.tokens)
+    return Figure(f"harness {kind}", stats.seconds, stats.tokens, FLOPS_PER_PARAM[kind] * params * stats.tokens,
+                  computed_tokens=stats.computed_tokens)
 
 
 def _trl_dataset(data):

@@ -65,6 +65,7 @@ class TrainStats:
     cpu_seconds: float = 0.0        # CPU time (user + system, every thread; summed over ranks) of training
     tokens: int = 0                 # tokens processed by forward/backward (prompt + target, no padding)
     target_tokens: int = 0          # tokens that carried the loss
+    computed_tokens: int = 0        # tokens the forwards ran: fewer than `tokens` where rows' shared prefix ran once
     steps: int = 0
     peak_memory_bytes: int = 0      # peak resident memory of the arm's process (CPU) or GPU peak
     trainable_params: int = 0

@@ -21,7 +21,7 @@ def _parts(model):
     return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
 
 
-def _cache_keyword(backbone) -> str:
+def cache_keyword(backbone) -> str:
     """The forward's name for the key/value cache: transformers 5.25 renamed past_key_values to
     cache and drops the old name in 5.40; earlier 5.x releases know only past_key_values."""
     import inspect
@@ -41,7 +41,7 @@ class Scorer:
 
         self.torch = torch
         self.backbone, self.head = _parts(model)
-        self.cache_keyword = _cache_keyword(self.backbone)
+        self.cache_keyword = cache_keyword(self.backbone)
         self.device = _device(model)
         self.prefix_len = len(prefix)
         self.prefix_cache = None

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from backends._shared_prefix import MIN_PREFIX
 from harness import registry
 from harness.backend import Example, ModelSpec, TaskFormat, TrainData
 from harness.evaluate import evaluate
@@ -73,6 +74,8 @@ def test_backend_conformance(name, tiny_model_dir, tmp_path, monkeypatch):
         return
 
     assert stats.steps == 2 and stats.seconds > 0 and stats.tokens > 0
+    # every row opens with the chat template and system prompt: the forwards ran that once per batch
+    assert 0 < stats.computed_tokens < stats.tokens - 2 * 3 * MIN_PREFIX
     # 2 steps x 4 rows = exactly one pass over the 8 training examples
     assert stats.target_tokens == sum(len(encode_target(handle.tokenizer, ex.target)) for ex in EXAMPLES[:8])
     assert 0 < stats.trainable_params <= stats.total_params and stats.artifact_bytes > 0

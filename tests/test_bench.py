@@ -18,7 +18,7 @@ def test_bench_runs_on_the_tiny_model_and_agrees_with_the_alternatives(tmp_path,
 
     out = tmp_path / "bench.json"
     args = ["--model", str(tiny_model_dir), "--out", str(out), "--scoring-limit", "12", "--lm-eval-batch", "4",
-            "--mc-limit", "6", "--gen-limit", "6", "--max-new-tokens", "8", "--train-steps", "1",
+            "--mc-limit", "6", "--gen-limit", "6", "--max-new-tokens", "8", "--train-steps", "2",
             "--train-batch", "2", "--train-kinds", "full,lora", "--peak-size", "256", "--repeats", "2"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -32,6 +32,10 @@ def test_bench_runs_on_the_tiny_model_and_agrees_with_the_alternatives(tmp_path,
     assert generation["identical_predictions_fp32"] == 6, generation["first_difference_fp32"]
     for kind in ("full", "lora"):
         assert report["training"][kind]["harness"]["tokens"] > 0
+        # harness ran the rows' shared prefix once: fewer positions than the tokens it counts
+        harness = report["training"][kind]["harness"]
+        assert 0 < harness["computed_tokens"] < harness["tokens"]
+        assert 0 < harness["fraction_of_bf16_peak_computed"] <= harness["fraction_of_bf16_peak"]
         assert report["training"][kind]["trl_defaults"]["tokens"] > 0
         assert report["training"][kind]["trl_defaults_harness_settings"]["tokens"] > 0
     # the like-for-like figures: alternatives also run under harness's process settings

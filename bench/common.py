@@ -141,15 +141,17 @@ def harness_settings(model=None):
     """The process settings harness applies around its own training and evaluation calls, lent to
     an alternative for a like-for-like figure: glibc keeps freed memory; without a model (a
     training run) the objects alive before it stay out of the collector's scans; with one (an
-    evaluation) attention on a CPU runs through harness.attention. The headline comparison runs
-    the alternatives as their users do, without them."""
+    evaluation) attention on a CPU runs through harness.attention and bf16 linears on weights
+    packed once (harness.prepacked). The headline comparison runs the alternatives as their users
+    do, without them."""
     from harness.allocator import keep_freed_memory, objects_frozen
     from harness.attention import fast_cpu_attention
+    from harness.prepacked import prepacked_linears
 
     with keep_freed_memory():
         if model is None:
             with objects_frozen():
                 yield
             return
-        with fast_cpu_attention(model):
+        with fast_cpu_attention(model), prepacked_linears(model):
             yield

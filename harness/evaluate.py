@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from harness.allocator import keep_freed_memory
 from harness.attention import fast_cpu_attention
 from harness.batch_scoring import Scorer, request_groups, score_batch
+from harness.prepacked import prepacked_linears
 from harness.backend import Example, ModelHandle, TaskFormat
 from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
@@ -140,7 +141,8 @@ def run_requests(model, requests: list[Request], max_new: int, stop_ids: set[int
     suffixes = [p[prefix_len:] for p in prompts]
     out: list = [None] * len(requests)
     tokens = prefix_len
-    with torch.inference_mode(), weights_in_bf16(model, bf16), keep_freed_memory(), fast_cpu_attention(model):
+    with torch.inference_mode(), weights_in_bf16(model, bf16), prepacked_linears(model, bf16), keep_freed_memory(), \
+            fast_cpu_attention(model):
         scorer = Scorer(model, prompts[0][:prefix_len])
         lengths = [len(s) + max((len(c) for c in requests[i].continuations), default=0) + max_new
                    for i, s in enumerate(suffixes)]

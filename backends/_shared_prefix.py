@@ -103,8 +103,10 @@ def prefix_row_attention(module, query, key, value, attention_mask, scaling: flo
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     shared = _SHARED.get()
-    if not shared or kwargs.get("sinks") is not None:
+    if not shared:
         return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    if kwargs.get("sinks") is not None or kwargs.get("softcap") is not None:   # shares_prefixes keeps these out
+        raise NotImplementedError("a shared training prefix with attention sinks or soft-capping")
     rows, _, length, _ = query.shape
     if attention_mask is None:      # causal over each row's own keys
         attention_mask = torch.zeros(1, 1, length, length, dtype=query.dtype, device=query.device).masked_fill_(

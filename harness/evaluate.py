@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from harness.allocator import keep_freed_memory
 from harness.attention import fast_cpu_attention
 from harness.batch_scoring import Scorer, request_groups, score_batch
-from harness.prepacked import prepacked_linears
 from harness.backend import Example, ModelHandle, TaskFormat
+from harness.prepacked import prepacked_linears
 from harness.progress import bar
 from harness.prompts import encode_prompt, encode_target, end_of_turn_id, render_prompt
 

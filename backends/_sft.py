@@ -332,10 +332,10 @@ def train_sft(spec: ModelSpec, data: TrainData, workdir: Path, options, *, peft_
     model = trainer.model
     target_tokens, peak, cpu_seconds = reduce_counts(seen["tokens"], peak_memory_bytes(), cpu_seconds)
     notes += [n for n in [training_note(options, trainer)] if n]
+    batch_tokens = int(trainer.state.num_input_tokens_seen)
     stats = TrainStats(seconds=seconds, cpu_seconds=round(cpu_seconds, 3), steps=trainer.state.global_step,
-                       skipped_examples=skipped, notes=notes,
-                       tokens=int(trainer.state.num_input_tokens_seen), target_tokens=target_tokens,
-                       computed_tokens=int(trainer.state.num_input_tokens_seen) if is_distributed() else seen["positions"],
+                       skipped_examples=skipped, notes=notes, tokens=batch_tokens, target_tokens=target_tokens,
+                       computed_tokens=batch_tokens if is_distributed() else seen["positions"],
                        peak_memory_bytes=peak,
                        loss_curve=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
     stats.trainable_params, stats.total_params = count_params(model)

@@ -35,19 +35,25 @@ def _batch(tok):
     return TargetOnlyCollator(tok.pad_token_id)([{"input_ids": ids, "target_len": n} for ids, n in rows])
 
 
-def _loss_and_grads(trainer_cls, model, batch, tmp_path, num_items):
+def loss_and_grads(trainer_cls, model, batch, tmp_path, num_items):
+    """(loss, each parameter's gradient, the (rows, width) of every forward) of one training batch."""
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True)
     trainer = trainer_cls(model=model, args=args)
-    widths = []
-    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
     model.zero_grad(set_to_none=True)
     model.train()
     loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
     loss.backward()
     hook.remove()
-    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, widths
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, shapes
+
+
+def _widths(shapes):
+    return [width for _, width in shapes]
 
 
 @pytest.mark.parametrize("counted", [True, False], ids=["num_items_in_batch", "per-group means"])
@@ -57,10 +63,11 @@ def test_the_split_batch_gives_the_loss_and_gradients_of_the_whole_batch(tiny_mo
     model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
     batch = _batch(tok)
     num_items = int((batch["labels"][:, 1:] != -100).sum()) if counted else None
-    whole, whole_grads, whole_widths = _loss_and_grads(Trainer, model, batch, tmp_path / "a", num_items)
-    split, split_grads, split_widths = _loss_and_grads(length_grouped_trainer(Trainer, split=True), model, batch,
-                                                       tmp_path / "b", num_items)
-    assert whole_widths == [90] and split_widths == [90, 10]      # the short rows ran without the long one's padding
+    whole, whole_grads, whole_shapes = loss_and_grads(Trainer, model, batch, tmp_path / "a", num_items)
+    split, split_grads, split_shapes = loss_and_grads(length_grouped_trainer(Trainer, split=True), model, batch,
+                                                      tmp_path / "b", num_items)
+    # the short rows ran without the long one's padding
+    assert _widths(whole_shapes) == [90] and _widths(split_shapes) == [90, 10]
     assert split == pytest.approx(whole, rel=1e-5)
     for name, grad in whole_grads.items():
         torch.testing.assert_close(split_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -70,8 +77,8 @@ def test_no_split_when_switched_off(tiny_model_dir, tmp_path):
     from transformers import Trainer
 
     model, tok = models.load(ModelSpec(ref="tiny", path=str(tiny_model_dir), train_dtype="float32"))
-    *_, widths = _loss_and_grads(length_grouped_trainer(Trainer, split=False), model, _batch(tok), tmp_path, None)
-    assert widths == [90]
+    *_, shapes = loss_and_grads(length_grouped_trainer(Trainer, split=False), model, _batch(tok), tmp_path, None)
+    assert _widths(shapes) == [90]
 
 
 def test_evaluation_cuts_scoring_batches_by_cost_and_fills_decoding_groups():

@@ -11,6 +11,8 @@ from backends._shared_prefix import MIN_PREFIX, attend_with_shared_prefix, share
 from harness import models
 from harness.backend import ModelSpec
 
+from .test_length_groups import loss_and_grads
+
 PREFIX = [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
 
 
@@ -20,22 +22,6 @@ def _batch(tok, long_row: bool = False):
     lengths = [9, 8, 10, 9, 7, 8, 9] + ([90] if long_row else [])
     rows = [(PREFIX + torch.randint(20, 60, (n,)).tolist(), 1 + n % 3) for n in lengths]
     return TargetOnlyCollator(tok.pad_token_id)([{"input_ids": ids, "target_len": n} for ids, n in rows])
-
-
-def _loss_and_grads(trainer_cls, model, batch, tmp_path, num_items):
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True)
-    trainer = trainer_cls(model=model, args=args)
-    positions = []
-    hook = model.register_forward_pre_hook(lambda m, a, kw: positions.append(kw["input_ids"].numel()),
-                                           with_kwargs=True)
-    model.zero_grad(set_to_none=True)
-    model.train()
-    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
-    loss.backward()
-    hook.remove()
-    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, positions
 
 
 def _tiny(tiny_model_dir):
@@ -62,11 +48,13 @@ def test_a_shared_prefix_gives_the_loss_and_gradients_of_the_whole_rows(tiny_mod
     model, tok = _tiny(tiny_model_dir)
     batch = _batch(tok, long_row)
     num_items = int((batch["labels"][:, 1:] != -100).sum()) if counted else None
-    whole, whole_grads, whole_positions = _loss_and_grads(length_grouped_trainer(Trainer, split=True), model, batch,
-                                                          tmp_path / "a", num_items)
+    whole, whole_grads, whole_shapes = loss_and_grads(length_grouped_trainer(Trainer, split=True), model, batch,
+                                                      tmp_path / "a", num_items)
     attend_with_shared_prefix(model)
-    shared, shared_grads, shared_positions = _loss_and_grads(
+    shared, shared_grads, shared_shapes = loss_and_grads(
         length_grouped_trainer(Trainer, split=True, share_prefix=True), model, batch, tmp_path / "b", num_items)
+    whole_positions = [rows * width for rows, width in whole_shapes]
+    shared_positions = [rows * width for rows, width in shared_shapes]
     # Seven rows of 12 + 7-10 tokens: 7 x 22 positions whole; the prefix once as one more row and
     # each row only its own tokens (padded to the prefix's 12): 8 x 12. The long row (12 + 90)
     # has a group of its own, where a prefix row would only add positions: it runs whole.

@@ -29,6 +29,7 @@ import resource
 import time
 from pathlib import Path
 
+from backends._checkpoints import checkpoint_callback, last_good_checkpoint
 from backends._distributed import fsdp_arguments, full_state_dict, is_distributed, reduce_counts, training_note
 from backends._finished import eval_handle, record_finished, reopen_finished
 from backends._fused_lora import fused_lora_updates
@@ -93,43 +94,6 @@ class TargetOnlyCollator:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
                 "labels": labels[:, -keep:], "logits_to_keep": keep}
-
-
-COMPLETE = "harness-complete"
-
-
-def _checkpoint_callback():
-    from transformers import TrainerCallback
-
-    class MarkComplete(TrainerCallback):
-        """Trainer writes a checkpoint in place; this marks it complete once fully written, so a
-        checkpoint cut short by a kill is never taken for a good one."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            # Trainer also checkpoints after the last step; the finished artifact and trained.json
-            # are written right after, so that checkpoint (weights and optimizer state: 5 s for a
-            # full fine-tune of 135M parameters here) would never be read.
-            if state.global_step >= state.max_steps:
-                control.should_save = False
-
-        def on_save(self, args, state, control, **kwargs):
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and path.is_dir():   # the process that wrote it marks it
-                (path / COMPLETE).write_text(str(state.global_step), encoding="utf-8")
-
-    return MarkComplete()
-
-
-def last_good_checkpoint(trainer_dir: Path) -> Path | None:
-    """The newest checkpoint marked complete; unmarked ones (half-written) are set aside, because
-    transformers' own lookup would pick the newest directory and crash on it."""
-    best = None
-    for path in sorted(trainer_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
-        if (path / COMPLETE).exists():
-            best = path
-        else:
-            path.rename(trainer_dir / f"partial-{path.name}-{int(time.time())}")
-    return best
 
 
 def _count_tokens(model) -> dict:
@@ -388,7 +352,7 @@ def _train_once(spec, data, workdir, options, peft_config, quantize_4bit):
     trainer_cls = length_grouped_trainer(_counting_once(Trainer), split=not is_distributed(), share_prefix=share_prefix)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
                           data_collator=TargetOnlyCollator(tokenizer.pad_token_id),
-                          callbacks=[guard, _checkpoint_callback()])
+                          callbacks=[guard, checkpoint_callback()])
     trainer.remove_callback(PrinterCallback)   # it prints every log dict when bars are off
     resume = last_good_checkpoint(Path(args.output_dir)) if Path(args.output_dir).is_dir() else None
     start, cpu_start = time.perf_counter(), time.process_time()

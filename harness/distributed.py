@@ -81,7 +81,7 @@ def _check_devices(processes: int, distributed: str) -> None:
 def _set_aside_partial_checkpoints(workdir: Path) -> None:
     """Done here, once, before the ranks start: every rank looking for the checkpoint to resume
     from would otherwise race to rename the same half-written one."""
-    from backends._sft import last_good_checkpoint
+    from backends._checkpoints import last_good_checkpoint
 
     if (workdir / "trainer").is_dir():
         last_good_checkpoint(workdir / "trainer")

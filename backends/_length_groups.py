@@ -13,10 +13,8 @@ rounding), and a single backward follows.
 
 from __future__ import annotations
 
-from backends._shared_prefix import running_shared, with_prefix_row
+from backends._shared_prefix import KEYS, running_shared, with_prefix_row
 from harness.length_groups import length_groups
-
-KEYS = {"input_ids", "attention_mask", "position_ids", "labels", "logits_to_keep"}
 
 
 def split_batch(inputs: dict) -> list[dict]:

@@ -40,6 +40,7 @@ from harness.allocator import keep_freed_memory, objects_frozen
 from harness.backend import ModelHandle, ModelSpec, TrainData, TrainStats
 from harness.errors import BackendError, TrainingDiverged
 from harness.evaluate import weights_in_bf16
+from harness.models import unwrapped
 from harness.progress import enabled as progress_enabled
 from harness.prompts import encode_pair
 
@@ -184,7 +185,7 @@ def attention_for(model, training: bool) -> None:
 
     if torch.cuda.is_available():
         return
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     base.set_attn_implementation("eager" if training else "sdpa")
 
 

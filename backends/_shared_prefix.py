@@ -20,7 +20,10 @@ recomputed forward would run outside the layout) and without DDP/FSDP.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from contextvars import ContextVar
+
+from harness.models import unwrapped
 
 NAME = "harness_shared_prefix"
 KEYS = {"input_ids", "attention_mask", "position_ids", "labels", "logits_to_keep"}    # TargetOnlyCollator's
@@ -86,7 +89,7 @@ def shares_prefixes(model, checkpointing: bool, distributed: bool) -> bool:
 
     if torch.cuda.is_available():
         return False
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = unwrapped(model)
     config = lm.config.get_text_config(decoder=True) if hasattr(lm.config, "get_text_config") else lm.config
     layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
     plain = all(getattr(config, name, None) is None for name in
@@ -108,9 +111,7 @@ def prefix_row_attention(module, query, key, value, attention_mask, scaling: flo
     if kwargs.get("sinks") is not None or kwargs.get("softcap") is not None:   # shares_prefixes keeps these out
         raise NotImplementedError("a shared training prefix with attention sinks or soft-capping")
     rows, _, length, _ = query.shape
-    if attention_mask is None:      # causal over each row's own keys
-        attention_mask = torch.zeros(1, 1, length, length, dtype=query.dtype, device=query.device).masked_fill_(
-            torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1), torch.finfo(query.dtype).min)
+    # transformers' eager mask for a causal model is always built (never skipped as "causal")
     attention_mask = attention_mask.expand(rows, -1, -1, -1)
     head, _ = eager_attention_forward(module, query[:1], key[:1], value[:1], attention_mask[:1], scaling, dropout)
     seen = rows - 1
@@ -131,18 +132,15 @@ def attend_with_shared_prefix(model) -> None:
     if NAME not in AttentionInterface._global_mapping:
         AttentionInterface.register(NAME, prefix_row_attention)
         ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = unwrapped(model)
     lm.set_attn_implementation(NAME)
 
 
-class running_shared:
+@contextmanager
+def running_shared(shared: int):
     """For the length of one forward: the batch's row 0 is a prefix of `shared` tokens."""
-
-    def __init__(self, shared: int):
-        self.shared = shared
-
-    def __enter__(self):
-        self.token = _SHARED.set(self.shared)
-
-    def __exit__(self, *exc):
-        _SHARED.reset(self.token)
+    token = _SHARED.set(shared)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from harness.models import unwrapped
+
 NAME = "harness_cpu"
 SHORT_QUERY = 128       # query blocks up to this length use the matrix products...
 SCORES_BYTES = 64 * 2 ** 20   # ...when their score matrix fits here (the flash kernel never holds one)
@@ -124,7 +126,7 @@ def _register() -> None:
 def fast_cpu_attention(model):
     """For the length of an evaluation call on a CPU, the model attends through cpu_attention_forward
     (its previous attention implementation comes back afterwards)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = unwrapped(model)
     config = getattr(lm, "config", None)
     before = getattr(config, "_attn_implementation", None)
     on_cpu = next(lm.parameters()).device.type == "cpu"

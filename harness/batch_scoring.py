@@ -8,6 +8,7 @@ out, with explicit position ids), scores continuations from that state and decod
 from __future__ import annotations
 
 from harness.length_groups import FORWARD_OVERHEAD, length_groups
+from harness.models import unwrapped
 
 HEAD_CHUNK = 512       # positions per output-head call when scoring continuations
 MAX_BATCH_ROWS = 64
@@ -17,7 +18,7 @@ FINISHED_SHARE = 0.25   # finished rows leave a decoding batch once they are thi
 
 def _parts(model):
     """(backbone, lm_head) for a plain or PEFT-wrapped causal LM."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = unwrapped(model)
     return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
 
 

@@ -40,6 +40,11 @@ class ModelUnavailable(HarnessError):
     exit_code = 2
 
 
+def unwrapped(model):
+    """The transformers model under a PEFT wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 

@@ -1,7 +1,9 @@
 """python -m bench [--out bench.json]: harness vs the obvious alternatives, side by side in one process.
 
 Parts (each prints as it finishes; all figures go to one JSON with versions and CPU flags):
-  peak        the bf16 and fp32 matmul peak of this machine, measured here
+  peak        the bf16 and fp32 matmul peak of this machine, measured here, and the bf16 peak again
+              right before each part (this VM's speed drifts by 8-15% within an hour): a part's
+              fractions of the peak use its own measurement
   scoring     target-token log-likelihood: harness vs a naive per-example loop vs lm-eval HFLM
   mc          multiple choice (the default general set) vs lm-eval HFLM
   generation  greedy decoding vs a text-generation pipeline called per example (fp32: identical)
@@ -52,6 +54,14 @@ def _say(text: str) -> None:
     click.echo(text, err=True)
 
 
+def _part_peak(report, part: str) -> float:
+    """The bf16 matmul peak measured now, before `part`, recorded beside the one from the start."""
+    peak = round(common.matmul_peak("bfloat16", report["peak_size"]), 1)
+    report.setdefault("peak_gflops_bf16_before_part", {})[part] = peak
+    _say(f"bf16 peak before {part}: {peak} GFLOP/s")
+    return peak
+
+
 def run_scoring(report, model, model_bf16, tok, params, limit, lm_eval_batches, repeats):
     """Two workloads: the zero-shot prompts and the 3-shot prompts of the headline suite."""
     _, data = common.load_suite_data("headline.yaml")
@@ -59,7 +69,7 @@ def run_scoring(report, model, model_bf16, tok, params, limit, lm_eval_batches, 
     for shots in (0, 3):
         requests, pairs = scoring.headline_requests(tok, data, limit, shots)
         part = report["scoring"][f"{shots}-shot prompts"] = _scoring_part(
-            model, model_bf16, tok, params, requests, pairs, lm_eval_batches, repeats, report["peak_gflops"]["bfloat16"])
+            model, model_bf16, tok, params, requests, pairs, lm_eval_batches, repeats, _part_peak(report, "scoring"))
         _say(f"scoring, {shots}-shot prompts: {json.dumps(part, indent=1)}")
 
 
@@ -162,7 +172,7 @@ def run_generation(report, model, model_bf16, tok, limit, max_new, repeats):
 
 def run_training(report, spec, params, steps, batch, kinds, with_trl, repeats):
     _, data = common.load_suite_data("sentiment.yaml")
-    peak = report["peak_gflops"]["bfloat16"]
+    peak = _part_peak(report, "training")
     out = {"steps": steps, "batch_size": batch, "examples": steps * batch}
     for kind in kinds:
         def ours_once():
@@ -218,7 +228,7 @@ def main(model_ref, out, parts, scoring_limit, lm_eval_batches, mc_limit, gen_li
 
     quiet_libraries()
     parts = set(parts.split(","))
-    report = {"versions": versions(), "cpu": cpu_info(), "repeats": repeats,
+    report = {"versions": versions(), "cpu": cpu_info(), "repeats": repeats, "peak_size": peak_size,
               "peak_gflops": {d: round(common.matmul_peak(d, peak_size), 1) for d in ("bfloat16", "float32")}}
     _say(f"peak GFLOP/s: {report['peak_gflops']}")
     model, tok, spec = common.load_model(model_ref)

@@ -54,11 +54,10 @@ def _say(text: str) -> None:
     click.echo(text, err=True)
 
 
-def _part_peak(report, part: str) -> float:
-    """The bf16 matmul peak measured now, before `part`, recorded beside the one from the start."""
-    peak = round(common.matmul_peak("bfloat16", report["peak_size"]), 1)
-    report.setdefault("peak_gflops_bf16_before_part", {})[part] = peak
-    _say(f"bf16 peak before {part}: {peak} GFLOP/s")
+def _peak_now(size: int, before: str) -> float:
+    """The bf16 matmul peak measured now, right before `before` (the part records it beside its figures)."""
+    peak = round(common.matmul_peak("bfloat16", size), 1)
+    _say(f"bf16 peak before {before}: {peak} GFLOP/s")
     return peak
 
 
@@ -69,7 +68,8 @@ def run_scoring(report, model, model_bf16, tok, params, limit, lm_eval_batches, 
     for shots in (0, 3):
         requests, pairs = scoring.headline_requests(tok, data, limit, shots)
         part = report["scoring"][f"{shots}-shot prompts"] = _scoring_part(
-            model, model_bf16, tok, params, requests, pairs, lm_eval_batches, repeats, _part_peak(report, "scoring"))
+            model, model_bf16, tok, params, requests, pairs, lm_eval_batches, repeats,
+            _peak_now(report["peak_size"], f"scoring {shots}-shot prompts"))
         _say(f"scoring, {shots}-shot prompts: {json.dumps(part, indent=1)}")
 
 
@@ -104,7 +104,7 @@ def _scoring_part(model, model_bf16, tok, params, requests, pairs, lm_eval_batch
         same = scoring.lm_eval_scores(model_bf16, tok, pairs, best_batch, params, total, target, True)[2]
         figures.append(same)
     return {
-        "requests": len(requests), "tokens": total, "target_tokens": target,
+        "requests": len(requests), "tokens": total, "target_tokens": target, "peak_gflops_bf16": peak,
         "figures": {f.name: f.describe(peak) for f in figures},
         "speedup_vs_naive": round(fig_n.seconds / fig_h.seconds, 2),
         "speedup_vs_lm_eval": round(best_lm.seconds / fig_h.seconds, 2) if best_lm else None,
@@ -172,8 +172,8 @@ def run_generation(report, model, model_bf16, tok, limit, max_new, repeats):
 
 def run_training(report, spec, params, steps, batch, kinds, with_trl, repeats):
     _, data = common.load_suite_data("sentiment.yaml")
-    peak = _part_peak(report, "training")
-    out = {"steps": steps, "batch_size": batch, "examples": steps * batch}
+    peak = _peak_now(report["peak_size"], "training")
+    out = {"steps": steps, "batch_size": batch, "examples": steps * batch, "peak_gflops_bf16": peak}
     for kind in kinds:
         def ours_once():
             common.fresh_start()

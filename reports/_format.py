@@ -56,6 +56,12 @@ def delta_cell(c: Comparison | None) -> str:
     return f"{num(c.difference, signed=True)} {interval(c.ci_low, c.ci_high, signed=True)} {p_value(c.p_value)}"
 
 
+def cpu_seconds(cost) -> str:
+    """An arm's training CPU time (what the cheapest-arm rule compares on a CPU-only run); a dash
+    where it was not recorded (0: results written before it was, or a prompt arm)."""
+    return seconds(cost.train_cpu_seconds) if cost.train_cpu_seconds else DASH
+
+
 def seconds(s: float | None) -> str:
     if s is None:
         return DASH

@@ -97,7 +97,8 @@ def _costs(results: Results, front: set[str]) -> list[dict]:
     for name, arm in results.arms.items():
         c = arm.cost
         rows.append({"name": name, "backend": arm.backend, "front": name in front, "cost": c is not None,
-                     "train": fmt.seconds(c.train_seconds) if c else "", "steps": f"{c.train_steps:,}" if c else "",
+                     "train": fmt.seconds(c.train_seconds) if c else "", "cpu": fmt.cpu_seconds(c) if c else "",
+                     "steps": f"{c.train_steps:,}" if c else "",
                      "tokens": fmt.count(c.train_tokens) if c else "",
                      "target_tokens": fmt.count(c.train_target_tokens) if c else "",
                      "memory": fmt.size(c.peak_memory_bytes) if c else "",

@@ -98,15 +98,16 @@ def pareto_table(results: Results) -> list[str]:
 
 
 def cost_table(results: Results) -> list[str]:
-    lines = [_row(["arm", "train time", "steps", "train tokens", "target tokens", "peak memory",
+    lines = [_row(["arm", "train time", "train CPU time", "steps", "train tokens", "target tokens", "peak memory",
                    "trainable / total params", "artifact", "eval time", "eval tokens"]),
-             "|---|" + "---:|" * 9]
+             "|---|" + "---:|" * 10]
     for name, arm in results.arms.items():
         c = arm.cost
         if c is None:
-            lines.append(_row([md(name), *([fmt.DASH] * 9)]))
+            lines.append(_row([md(name), *([fmt.DASH] * 10)]))
             continue
-        lines.append(_row([md(name), fmt.seconds(c.train_seconds), f"{c.train_steps:,}", fmt.count(c.train_tokens),
+        lines.append(_row([md(name), fmt.seconds(c.train_seconds), fmt.cpu_seconds(c), f"{c.train_steps:,}",
+                           fmt.count(c.train_tokens),
                            fmt.count(c.train_target_tokens), fmt.size(c.peak_memory_bytes),
                            f"{fmt.count(c.trainable_params)} / {fmt.count(c.total_params)}",
                            fmt.size(c.artifact_bytes), fmt.seconds(c.eval_seconds), fmt.count(c.eval_tokens)]))

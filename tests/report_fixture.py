@@ -120,7 +120,8 @@ def build_results(run_dir: Path, decision: bool = True, write_samples: bool = Tr
             backend="prompt" if prompt else name, status="ok", metrics=metrics, comparisons=comparisons,
             options={"shots": 0 if name == "zero-shot" else 4} if prompt else
             {"max_steps": 120, "batch_size": 8, "grad_accum": 2, "learning_rate": 2e-5 if name == "full" else 5e-4},
-            cost=Cost(train_seconds=train_s, train_tokens=tokens, train_target_tokens=tokens // 12, train_steps=steps,
+            cost=Cost(train_seconds=train_s, train_cpu_seconds=0.0 if prompt else round(train_s * 1.9, 1),
+                      train_tokens=tokens, train_target_tokens=tokens // 12, train_steps=steps,
                       peak_memory_bytes=peak, trainable_params=trainable, total_params=134_515_008,
                       artifact_bytes=artifact, eval_seconds=eval_s,
                       eval_tokens={"zero-shot": 38_400, "few-shot": 93_200}.get(name, 41_850)),

@@ -71,8 +71,9 @@ def test_markdown_forgetting_pareto_cost_failed_and_environment(run):
     front = {arm for arm in SCORES_ARMS if "◆ Pareto front" in _row(pareto, arm)}
     assert front == {"few-shot", "lora", "full"}
     ledger = md[md.index("## Cost ledger"):].splitlines()
-    assert _row(ledger, "lora") == ("| lora | 10 min 12 s | 120 | 1.5 M | 128.0 k | 2.7 GiB | 1.8 M / 134.5 M | "
-                                    "7.0 MiB | 16.4 s | 41.9 k |")
+    assert _row(ledger, "lora") == ("| lora | 10 min 12 s | 19 min 24 s | 120 | 1.5 M | 128.0 k | 2.7 GiB | "
+                                    "1.8 M / 134.5 M | 7.0 MiB | 16.4 s | 41.9 k |")
+    assert _row(ledger, "zero-shot").startswith("| zero-shot | 0 s | – | ")    # prompt arm: no CPU time
     assert "- **too-many-shots** (prompt, exit code 2): shots=50 but the train split has only 8 examples" in md
     assert results.suite["sha256"] in md and results.data["test"].sha256 in md
     assert "device: NVIDIA H100 80GB HBM3" in md and "transformers 5.2.0" in md
@@ -117,6 +118,7 @@ def test_html_has_verdict_tables_charts_and_examples(run):
     costs = _html_rows(html, "costs")
     assert {arm for arm, tr in costs.items() if "◆ Pareto" in tr} == {"few-shot", "lora", "full"}
     assert "10 min 12 s" in costs["lora"] and "513.2 MiB" in costs["full"]
+    assert "19 min 24 s" in costs["lora"]     # training CPU time, what the cheapest-arm rule compares on a CPU
     charts = re.findall(r'<svg class="chart".*?</svg>', html, re.S)
     assert len(charts) == 4 + 1 + 1 + 2            # task metrics, scatter, loss, forgetting
     scatter = next(c for c in charts if "vs training time" in c)

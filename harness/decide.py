@@ -70,6 +70,20 @@ def _describe(g: Gain, metric: str, prompt_arm: str, min_gain: float) -> str:
             f"(n={g.n}, {g.test} p={g.p_value:.2g}) vs required gain {min_gain}")
 
 
+def counts_cpu_time(results: Results, arms) -> bool:
+    """Whether these arms' training cost is their CPU time rather than their wall time.
+
+    On a CPU-only run, CPU time: a loaded machine once made lora's wall time 13x its quiet one and
+    flipped the recommendation. Wall time where an accelerator did the work, or where an older run
+    did not record CPU time for one of them. The reports' quality-vs-cost front uses the same rule."""
+    return results.environment.get("accelerator") == "cpu" and all(
+        results.arms[n].cost and results.arms[n].cost.train_cpu_seconds > 0 for n in arms)
+
+
+def training_seconds(cost, by_cpu: bool) -> float:
+    return cost.train_cpu_seconds if by_cpu else cost.train_seconds
+
+
 def _cheapest_good(results: Results, winners: list[Gain], metric: str, alpha: float) -> tuple[str, str]:
     best = max(winners, key=lambda g: g.value)
     candidates = [best.arm]
@@ -79,15 +93,11 @@ def _cheapest_good(results: Results, winners: list[Gain], metric: str, alpha: fl
                                                          results.metrics[metric]["higher_is_better"]):
             candidates.append(g.arm)
 
-    # On a CPU-only run, CPU time: a loaded machine once made lora's wall time 13x its quiet one
-    # and flipped the recommendation. Wall time where an accelerator did the work, or where an
-    # older run did not record CPU time.
-    by_cpu = results.environment.get("accelerator") == "cpu" and all(
-        results.arms[n].cost and results.arms[n].cost.train_cpu_seconds > 0 for n in candidates)
+    by_cpu = counts_cpu_time(results, candidates)
 
     def cost(name):
         c = results.arms[name].cost
-        return ((c.train_cpu_seconds if by_cpu else c.train_seconds), c.peak_memory_bytes) if c else (0.0, 0)
+        return (training_seconds(c, by_cpu), c.peak_memory_bytes) if c else (0.0, 0)
 
     chosen = min(candidates, key=cost)
     if chosen == best.arm:

@@ -6,6 +6,7 @@ value, the Pareto front, the comparison against a given arm). Nothing here compu
 
 from __future__ import annotations
 
+from harness.decide import counts_cpu_time, training_seconds
 from harness.results import ArmResult, Comparison, MetricValue, Results
 
 DASH = "–"
@@ -147,13 +148,26 @@ def primary_metric(results: Results) -> str | None:
     return next(iter(results.metrics), None)
 
 
+def cost_by_cpu(results: Results) -> bool:
+    """Whether quality-vs-cost counts training CPU time rather than wall time: the cheapest-arm
+    rule's choice (harness.decide.counts_cpu_time) over the trained arms, so the front and the
+    recommendation weigh the same seconds."""
+    trained = [k for k, a in ok_arms(results).items() if a.trains and a.cost is not None]
+    return bool(trained) and counts_cpu_time(results, trained)
+
+
+def training_cost_name(by_cpu: bool) -> str:
+    return "training CPU time" if by_cpu else "training time"
+
+
 def pareto_front(results: Results, metric: str | None) -> set[str]:
-    """Arms not dominated on (quality = `metric`, cost = train seconds): no other arm is at least
-    as good on both and strictly better on one."""
+    """Arms not dominated on (quality = `metric`, cost = training seconds as cost_by_cpu counts
+    them): no other arm is at least as good on both and strictly better on one."""
     if metric is None:
         return set()
     sign = 1 if higher_is_better(results, metric) else -1
-    points = {k: (sign * a.metrics[metric].value, a.cost.train_seconds)
+    by_cpu = cost_by_cpu(results)
+    points = {k: (sign * a.metrics[metric].value, training_seconds(a.cost, by_cpu))
               for k, a in ok_arms(results).items() if metric in a.metrics and a.cost is not None}
 
     def dominated(q: float, c: float) -> bool:

@@ -157,8 +157,9 @@ def loss_chart(curves: dict[str, list[tuple[int, float]]], colors: dict[str, str
     return _svg(width, height, "Training loss curves", body)
 
 
-def scatter_chart(points: list[dict], metric: str, higher: bool, colors: dict[str, str]) -> str | None:
-    """Quality vs train time. points: name, value, cost (seconds), front (bool)."""
+def scatter_chart(points: list[dict], metric: str, higher: bool, colors: dict[str, str],
+                  cost_name: str = "training time") -> str | None:
+    """Quality vs training cost. points: name, value, cost (seconds of `cost_name`), front (bool)."""
     if not points:
         return None
     clo, chi = _domain([p["cost"] for p in points], pad=0.04)
@@ -169,9 +170,9 @@ def scatter_chart(points: list[dict], metric: str, higher: bool, colors: dict[st
     x = lambda c: left + (c - clo) / (chi - clo) * pw  # noqa: E731
     y = lambda v: top + ph - (v - vlo) / (vhi - vlo) * ph  # noqa: E731
     arrow = "↑ higher is better" if higher else "↓ lower is better"
-    body = [_text(left, 20, f"{metric} vs training time", weight="600", size="14"),
+    body = [_text(left, 20, f"{metric} vs {cost_name}", weight="600", size="14"),
             _text(left, 40, f"{metric} {arrow}. Dark ring and ◆: on the Pareto front (no other arm is at least as "
-                            "good on both quality and training time).", size="12", fill=MUTED)]
+                            f"good on both quality and {cost_name}).", size="12", fill=MUTED)]
     for t in _ticks(vlo, vhi):
         body.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{GRID}"/>')
         body.append(_text(left - 8, y(t) + 4, _tick_label(t), "end", "11", MUTED))
@@ -179,7 +180,8 @@ def scatter_chart(points: list[dict], metric: str, higher: bool, colors: dict[st
         body.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{top}" y2="{top + ph}" stroke="{GRID}"/>')
         body.append(_text(x(t), top + ph + 18, _time_label(t), "middle", "11", MUTED))
     body.append(f'<path d="M{left},{top}V{top + ph}H{left + pw}" stroke="{MUTED}" fill="none"/>')
-    body.append(_text(left + pw / 2, height - 8, "training time (wall clock)", "middle", "12", MUTED))
+    axis = "training time (wall clock)" if cost_name == "training time" else cost_name
+    body.append(_text(left + pw / 2, height - 8, axis, "middle", "12", MUTED))
     front = sorted((p for p in points if p["front"]), key=lambda p: (p["cost"], p["value"] * (-1 if higher else 1)))
     if len(front) > 1:
         d = f"M{x(front[0]['cost']):.1f},{y(front[0]['value']):.1f}" + "".join(
@@ -201,4 +203,4 @@ def scatter_chart(points: list[dict], metric: str, higher: bool, colors: dict[st
         label = f"{_short(p['name'], 16)} {fmt.num(p['value'])}" + (" ◆" if p["front"] else "")
         body.append(_text(cx + 13, ly, label, size="13", weight="600" if p["front"] else "normal",
                           extra=' stroke="#fff" stroke-width="4" paint-order="stroke" stroke-linejoin="round"'))
-    return _svg(width, height, f"{metric} vs training time, Pareto front marked", body)
+    return _svg(width, height, f"{metric} vs {cost_name}, Pareto front marked", body)

@@ -129,9 +129,11 @@ def _charts(results: Results, colors: dict[str, str], primary: str | None, front
         caption = "difference vs base model; shaded side is worse"
         forgetting_charts.append(charts.bar_chart(m, rows, colors, caption, zero_line=True,
                                                   worse_side="negative" if higher else "positive"))
-    points = [{"name": k, "value": a.metrics[primary].value, "cost": a.cost.train_seconds, "front": k in front}
-              for k, a in ok.items() if primary in a.metrics and a.cost is not None]
-    scatter = charts.scatter_chart(points, primary, fmt.higher_is_better(results, primary), colors) if primary else None
+    by_cpu = fmt.cost_by_cpu(results)
+    points = [{"name": k, "value": a.metrics[primary].value, "cost": fmt.training_seconds(a.cost, by_cpu),
+               "front": k in front} for k, a in ok.items() if primary in a.metrics and a.cost is not None]
+    scatter = charts.scatter_chart(points, primary, fmt.higher_is_better(results, primary), colors,
+                                   fmt.training_cost_name(by_cpu)) if primary else None
     loss = charts.loss_chart({k: a.loss_curve for k, a in ok.items()}, colors)
     safe = lambda svgs: [Markup(s) for s in svgs if s]  # noqa: E731  (SVG built and escaped by charts)
     return {"metrics": safe(metric_charts), "forgetting": safe(forgetting_charts),
@@ -212,6 +214,7 @@ def render_html(results: Results, run_dir: Path) -> str:
     versions = env.pop("versions", {}) or {}
     return _env().get_template("report.html.j2").render(
         r=results, decision=decision, n=fmt.n_test(results), primary=primary, colors=colors,
+        cost_name=fmt.training_cost_name(fmt.cost_by_cpu(results)),
         metrics=[{"name": m, "arrow": "↑" if fmt.higher_is_better(results, m) else "↓",
                   "variant": info.get("variant", "")} for m, info in results.metrics.items()],
         main_rows=_main_rows(results), forgetting=_forgetting(results), costs=_costs(results, front),

@@ -87,14 +87,16 @@ def changes_lines(results: Results) -> list[str]:
 def pareto_table(results: Results) -> list[str]:
     metric = fmt.primary_metric(results)
     front = fmt.pareto_front(results, metric)
-    rows = [_row([md(k), fmt.num(a.metrics[metric].value), fmt.seconds(a.cost.train_seconds),
+    by_cpu = fmt.cost_by_cpu(results)
+    cost_name = fmt.training_cost_name(by_cpu)
+    rows = [_row([md(k), fmt.num(a.metrics[metric].value), fmt.seconds(fmt.training_seconds(a.cost, by_cpu)),
                   "◆ Pareto front" if k in front else ""])
             for k, a in fmt.ok_arms(results).items() if metric in a.metrics and a.cost is not None]
     if not rows:
         return []
-    return ["## Quality vs cost", "", _row(["arm", f"{md(metric)} {_arrow(results, metric)}", "train time", "front"]),
+    return ["## Quality vs cost", "", _row(["arm", f"{md(metric)} {_arrow(results, metric)}", cost_name, "front"]),
             "|---|---:|---:|---|", *rows, "",
-            "◆ Pareto front: no other arm is as good or better on both quality and training time.", ""]
+            f"◆ Pareto front: no other arm is as good or better on both quality and {cost_name}.", ""]
 
 
 def cost_table(results: Results) -> list[str]:

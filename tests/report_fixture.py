@@ -117,7 +117,7 @@ def build_results(run_dir: Path, decision: bool = True, write_samples: bool = Tr
                 diff = v - ref
                 comparisons.append(_cmp(m, against, diff, 0.0004 if abs(diff) > 0.07 else 0.021))
         arm = ArmResult(
-            backend="prompt" if prompt else name, status="ok", metrics=metrics, comparisons=comparisons,
+            backend="prompt" if prompt else name, trains=not prompt, status="ok", metrics=metrics, comparisons=comparisons,
             options={"shots": 0 if name == "zero-shot" else 4} if prompt else
             {"max_steps": 120, "batch_size": 8, "grad_accum": 2, "learning_rate": 2e-5 if name == "full" else 5e-4},
             cost=Cost(train_seconds=train_s, train_cpu_seconds=0.0 if prompt else round(train_s * 1.9, 1),

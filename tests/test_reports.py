@@ -243,3 +243,21 @@ def test_other_verdicts(run, verdict, css, headline):
     assert f'<div class="verdict {css}" id="verdict"' in html and headline in html
     assert "About <b>1,400</b> test examples would settle it" in html
     assert f"**{headline}** · prompt-only arm **few-shot** · about 1,400 test examples would settle it" in md
+
+
+def test_quality_vs_cost_counts_cpu_time_where_the_cheapest_arm_rule_does(run):
+    """On a CPU-only run the cheapest-arm rule weighs training CPU time; the front and both reports'
+    quality-vs-cost views weigh the same seconds (wall time where an accelerator did the work)."""
+    results, run_dir = run
+    results.arms["qlora"].cost.train_cpu_seconds = 900.0    # wall 798 s > lora's 613 s, CPU 900 s < lora's 1,165 s
+    assert fmt.pareto_front(results, "accuracy") == {"few-shot", "lora", "full"}     # the fixture ran on a GPU
+    results.environment["accelerator"] = "cpu"
+    assert fmt.pareto_front(results, "accuracy") == {"few-shot", "qlora", "lora", "full"}
+    md = render_markdown(results)
+    pareto = md[md.index("## Quality vs cost"):md.index("## Cost ledger")].splitlines()
+    assert "training CPU time" in pareto[2] and "15 min 00 s" in _row(pareto, "qlora")
+    assert "◆ Pareto front" in _row(pareto, "qlora")
+    html = render_html(results, run_dir)
+    assert "training CPU time" in html and "training time (wall clock)" not in html
+    results.arms["full"].cost.train_cpu_seconds = 0.0        # one trained arm without CPU time: wall time again
+    assert fmt.pareto_front(results, "accuracy") == {"few-shot", "lora", "full"}

@@ -157,7 +157,7 @@ def cost_by_cpu(results: Results) -> bool:
 
 
 def training_cost_name(by_cpu: bool) -> str:
-    return "training CPU time" if by_cpu else "training time"
+    return "training CPU time" if by_cpu else "training time (wall clock)"
 
 
 def pareto_front(results: Results, metric: str | None) -> set[str]:

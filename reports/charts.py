@@ -158,7 +158,7 @@ def loss_chart(curves: dict[str, list[tuple[int, float]]], colors: dict[str, str
 
 
 def scatter_chart(points: list[dict], metric: str, higher: bool, colors: dict[str, str],
-                  cost_name: str = "training time") -> str | None:
+                  cost_name: str = "training time (wall clock)") -> str | None:
     """Quality vs training cost. points: name, value, cost (seconds of `cost_name`), front (bool)."""
     if not points:
         return None
@@ -180,8 +180,7 @@ def scatter_chart(points: list[dict], metric: str, higher: bool, colors: dict[st
         body.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{top}" y2="{top + ph}" stroke="{GRID}"/>')
         body.append(_text(x(t), top + ph + 18, _time_label(t), "middle", "11", MUTED))
     body.append(f'<path d="M{left},{top}V{top + ph}H{left + pw}" stroke="{MUTED}" fill="none"/>')
-    axis = "training time (wall clock)" if cost_name == "training time" else cost_name
-    body.append(_text(left + pw / 2, height - 8, axis, "middle", "12", MUTED))
+    body.append(_text(left + pw / 2, height - 8, cost_name, "middle", "12", MUTED))
     front = sorted((p for p in points if p["front"]), key=lambda p: (p["cost"], p["value"] * (-1 if higher else 1)))
     if len(front) > 1:
         d = f"M{x(front[0]['cost']):.1f},{y(front[0]['value']):.1f}" + "".join(

@@ -109,7 +109,7 @@ def _costs(results: Results, front: set[str]) -> list[dict]:
     return rows
 
 
-def _charts(results: Results, colors: dict[str, str], primary: str | None, front: set[str]) -> dict:
+def _charts(results: Results, colors: dict[str, str], primary: str | None, front: set[str], by_cpu: bool) -> dict:
     ok = fmt.ok_arms(results)
     metric_charts = []
     for m in results.metrics:
@@ -129,7 +129,6 @@ def _charts(results: Results, colors: dict[str, str], primary: str | None, front
         caption = "difference vs base model; shaded side is worse"
         forgetting_charts.append(charts.bar_chart(m, rows, colors, caption, zero_line=True,
                                                   worse_side="negative" if higher else "positive"))
-    by_cpu = fmt.cost_by_cpu(results)
     points = [{"name": k, "value": a.metrics[primary].value, "cost": fmt.training_seconds(a.cost, by_cpu),
                "front": k in front} for k, a in ok.items() if primary in a.metrics and a.cost is not None]
     scatter = charts.scatter_chart(points, primary, fmt.higher_is_better(results, primary), colors,
@@ -204,6 +203,7 @@ def render_html(results: Results, run_dir: Path) -> str:
     _redact = redactor()
     primary = fmt.primary_metric(results)
     front = fmt.pareto_front(results, primary)
+    by_cpu = fmt.cost_by_cpu(results)     # the seconds the front weighs, named in the chart and text
     colors = charts.arm_colors(list(results.arms))
     d = results.decision
     decision = None if d is None else {
@@ -214,11 +214,11 @@ def render_html(results: Results, run_dir: Path) -> str:
     versions = env.pop("versions", {}) or {}
     return _env().get_template("report.html.j2").render(
         r=results, decision=decision, n=fmt.n_test(results), primary=primary, colors=colors,
-        cost_name=fmt.training_cost_name(fmt.cost_by_cpu(results)),
+        cost_name=fmt.training_cost_name(by_cpu),
         metrics=[{"name": m, "arrow": "↑" if fmt.higher_is_better(results, m) else "↓",
                   "variant": info.get("variant", "")} for m, info in results.metrics.items()],
         main_rows=_main_rows(results), forgetting=_forgetting(results), costs=_costs(results, front),
-        charts=_charts(results, colors, primary, front), examples=_examples(results, Path(run_dir)),
+        charts=_charts(results, colors, primary, front, by_cpu), examples=_examples(results, Path(run_dir)),
         failed=fmt.failed_arms(results), fingerprints=_fingerprints(results), stats=fmt.flatten("", results.stats),
         environment=fmt.flatten("", env), versions=versions,
         options={k: json.dumps(a.options, sort_keys=True) for k, a in results.arms.items()})
